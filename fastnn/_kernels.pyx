@@ -1,0 +1,637 @@
+# cython: language_level=3
+"""fastnn's compiled kernels.
+
+Contract (see docs/API.md): every function here receives *valid* input from
+``fastnn.functional`` -- C-contiguous memoryviews of one float dtype, correct
+shapes, no empty dimensions -- and never raises.  One body serves float32 and
+float64 through the ``floating`` fused type.  Loops over rows run under
+``prange`` with the GIL released; reductions over rows are computed per
+fixed-size chunk of rows and the chunk results are combined serially in chunk
+order, so every result is bit-identical whatever the thread count.
+"""
+from cython cimport floating
+from cython.parallel cimport prange, parallel
+from libc.math cimport exp, expf, log, logf, log1p, log1pf, tanh, tanhf, sqrt, sqrtf, fabs, fabsf
+from libc.stdint cimport int64_t
+from libc.stdlib cimport malloc, calloc, free
+from libc.string cimport memset
+from scipy.linalg.cython_blas cimport sgemm, dgemm
+
+cdef extern from "fastnn_omp.h" nogil:
+    int FASTNN_HAVE_OPENMP
+    int FASTNN_OPENMP_VERSION
+    int omp_get_num_threads()
+    int omp_get_max_threads()
+
+cdef enum:
+    # Rows per reduction chunk.  Fixed, never derived from the thread count:
+    # the determinism of every row reduction rests on it.
+    ROWS_PER_CHUNK = 128
+    # Below this many elements an OpenMP fork costs more than it saves.
+    MIN_PARALLEL_WORK = 32768
+
+# Activation codes shared with functional.py (ACTIVATIONS maps names to them).
+cpdef enum Activation:
+    IDENTITY = 0
+    SIGMOID = 1
+    TANH = 2
+    RELU = 3
+    LEAKY_RELU = 4
+
+cdef int _n_threads = 1
+
+
+def set_threads(int n):
+    """Set the OpenMP team size of every kernel (validated by the caller)."""
+    global _n_threads
+    _n_threads = n
+
+
+def get_threads():
+    return _n_threads
+
+
+def openmp_info():
+    """(built with OpenMP, _OPENMP version macro, omp_get_max_threads())."""
+    return bool(FASTNN_HAVE_OPENMP), FASTNN_OPENMP_VERSION, omp_get_max_threads()
+
+
+def openmp_team_size(int n):
+    """Number of threads a parallel region really starts when asked for ``n``.
+
+    Proves that the build is parallel: a prange compiled without OpenMP runs
+    serially and this returns 1.
+    """
+    cdef int size = 1
+    cdef int* shared_size = &size       # written through a pointer: shared, not private
+    with nogil, parallel(num_threads=n):
+        shared_size[0] = omp_get_num_threads()
+    return size
+
+
+# ---------------------------------------------------------------------------
+# scalar helpers: one name per operation, the fused type picks the libm call
+# ---------------------------------------------------------------------------
+cdef inline floating _exp(floating x) noexcept nogil:
+    if floating is float:
+        return expf(x)
+    else:
+        return exp(x)
+
+
+cdef inline floating _log(floating x) noexcept nogil:
+    if floating is float:
+        return logf(x)
+    else:
+        return log(x)
+
+
+cdef inline floating _log1p(floating x) noexcept nogil:
+    if floating is float:
+        return log1pf(x)
+    else:
+        return log1p(x)
+
+
+cdef inline floating _sqrt(floating x) noexcept nogil:
+    if floating is float:
+        return sqrtf(x)
+    else:
+        return sqrt(x)
+
+
+cdef inline floating _fabs(floating x) noexcept nogil:
+    if floating is float:
+        return fabsf(x)
+    else:
+        return fabs(x)
+
+
+cdef inline floating _sigmoid(floating z) noexcept nogil:
+    # Stable in both tails: exp only ever sees a non-positive argument.
+    cdef floating e
+    if z >= 0:
+        return 1 / (1 + _exp(-z))
+    e = _exp(z)
+    return e / (1 + e)
+
+
+cdef inline floating _activate(floating z, int kind, floating alpha) noexcept nogil:
+    if kind == SIGMOID:
+        return _sigmoid(z)
+    if kind == TANH:
+        if floating is float:
+            return tanhf(z)
+        else:
+            return tanh(z)
+    if kind == RELU:
+        return 0 if z < 0 else z            # NaN propagates
+    if kind == LEAKY_RELU:
+        return alpha * z if z < 0 else z
+    return z
+
+
+cdef inline floating _derivative(floating o, int kind, floating alpha) noexcept nogil:
+    """f'(z) written in terms of the output o = f(z) (MATH.md section 2)."""
+    if kind == SIGMOID:
+        return o * (1 - o)
+    if kind == TANH:
+        return 1 - o * o
+    if kind == RELU:
+        return 1 if o > 0 else 0             # convention: 0 at z = 0
+    if kind == LEAKY_RELU:
+        return 1 if o >= 0 else alpha        # alpha > 0: sign(o) == sign(z)
+    return 1
+
+
+cdef inline Py_ssize_t _n_chunks(Py_ssize_t n) noexcept nogil:
+    return (n + ROWS_PER_CHUNK - 1) // ROWS_PER_CHUNK
+
+
+cdef inline Py_ssize_t _chunk_stop(Py_ssize_t chunk, Py_ssize_t n) noexcept nogil:
+    cdef Py_ssize_t stop = (chunk + 1) * ROWS_PER_CHUNK
+    return stop if stop < n else n
+
+
+# ---------------------------------------------------------------------------
+# elementwise activations
+# ---------------------------------------------------------------------------
+cdef void _activation_forward_range(const floating* z, floating* out, Py_ssize_t start,
+                                    Py_ssize_t stop, int kind, floating alpha) noexcept nogil:
+    cdef Py_ssize_t i
+    if kind == RELU:                          # hot case: keep the loop branch-free
+        for i in range(start, stop):
+            out[i] = 0 if z[i] < 0 else z[i]
+    else:
+        for i in range(start, stop):
+            out[i] = _activate(z[i], kind, alpha)
+
+
+cdef void _activation_backward_range(const floating* o, const floating* g, floating* out,
+                                     Py_ssize_t start, Py_ssize_t stop, int kind,
+                                     floating alpha) noexcept nogil:
+    cdef Py_ssize_t i
+    if kind == RELU:
+        for i in range(start, stop):
+            out[i] = g[i] if o[i] > 0 else 0
+    else:
+        for i in range(start, stop):
+            out[i] = g[i] * _derivative(o[i], kind, alpha)
+
+
+def activation_forward(const floating[::1] z, floating[::1] out, int kind, double alpha):
+    """out = f(z) elementwise; ``out`` may alias ``z``."""
+    cdef Py_ssize_t n = z.shape[0], block = 16384, n_blocks = (n + block - 1) // block, b
+    cdef const floating* zp = &z[0]
+    cdef floating* op = &out[0]
+    for b in prange(n_blocks, nogil=True, schedule="static", num_threads=_n_threads,
+                    use_threads_if=n >= MIN_PARALLEL_WORK):
+        _activation_forward_range(zp, op, b * block, min((b + 1) * block, n), kind, <floating>alpha)
+
+
+def activation_backward(const floating[::1] o, const floating[::1] g, floating[::1] out,
+                        int kind, double alpha):
+    """out = g * f'(o) elementwise; ``out`` may alias ``g``."""
+    cdef Py_ssize_t n = o.shape[0], block = 16384, n_blocks = (n + block - 1) // block, b
+    cdef const floating* op = &o[0]
+    cdef const floating* gp = &g[0]
+    cdef floating* outp = &out[0]
+    for b in prange(n_blocks, nogil=True, schedule="static", num_threads=_n_threads,
+                    use_threads_if=n >= MIN_PARALLEL_WORK):
+        _activation_backward_range(op, gp, outp, b * block, min((b + 1) * block, n), kind,
+                                   <floating>alpha)
+
+
+# ---------------------------------------------------------------------------
+# softmax
+# ---------------------------------------------------------------------------
+cdef inline floating _row_max(const floating* z, Py_ssize_t c) noexcept nogil:
+    cdef floating m = z[0]
+    cdef Py_ssize_t k
+    for k in range(1, c):
+        m = z[k] if z[k] > m else m
+    return m
+
+
+cdef floating _exp_shifted(const floating* z, floating* e, Py_ssize_t c, floating m) noexcept nogil:
+    """e = exp(z - m); returns the sum.  NaN in z, m = +inf or m = -inf (an
+    all -inf row) make the sum NaN, which is how the NaN-row policy arises
+    without a branch."""
+    cdef floating s = 0
+    cdef Py_ssize_t k
+    for k in range(c):
+        e[k] = _exp(z[k] - m)
+        s += e[k]
+    return s
+
+
+cdef void _softmax_row(const floating* z, floating* out, Py_ssize_t c, bint take_log) noexcept nogil:
+    """One row; ``out`` may alias ``z`` (each pass reads z[k] before writing out[k])."""
+    cdef floating m = _row_max(z, c), s = 0, inv, shift
+    cdef Py_ssize_t k
+    if take_log:
+        for k in range(c):
+            s += _exp(z[k] - m)
+        shift = m + _log(s)
+        for k in range(c):
+            out[k] = z[k] - shift
+    else:
+        s = _exp_shifted(z, out, c, m)
+        inv = 1 / s
+        for k in range(c):
+            out[k] = out[k] * inv
+
+
+def softmax(const floating[:, ::1] x, floating[:, ::1] out, bint take_log):
+    cdef Py_ssize_t n = x.shape[0], c = x.shape[1], i
+    cdef const floating* xp = &x[0, 0]
+    cdef floating* op = &out[0, 0]
+    for i in prange(n, nogil=True, schedule="static", num_threads=_n_threads,
+                    use_threads_if=n * c >= MIN_PARALLEL_WORK):
+        _softmax_row(xp + i * c, op + i * c, c, take_log)
+
+
+# ---------------------------------------------------------------------------
+# losses: each chunk function handles the rows of one chunk and returns the
+# chunk's weighted loss sum (in double); the driver adds chunks in order.
+# ---------------------------------------------------------------------------
+cdef inline floating _smoothed(floating y, double smoothing, Py_ssize_t c) noexcept nogil:
+    if smoothing == 0:
+        return y
+    return <floating>((1 - smoothing) * y + smoothing / c)
+
+
+cdef double _xent_chunk(const floating* Z, const int64_t* labels, const floating* T,
+                        const floating* sw, floating* G, floating* L, Py_ssize_t start,
+                        Py_ssize_t stop, Py_ssize_t c, double scale,
+                        double smoothing) noexcept nogil:
+    """Fused softmax cross-entropy for rows [start, stop).
+
+    Targets are class indices (``labels``) or probability rows (``T``); the
+    smoothed target row is (1 - smoothing) y + smoothing / C.  Per row: one
+    pass for the max, one for exp and its sum (exp stored in the gradient
+    row), one to scale and subtract the target, accumulating sum_k y_k z_k.
+    """
+    cdef double total = 0, loss, y_dot_z, y_sum, z_sum
+    cdef const floating* z
+    cdef floating* g
+    cdef floating m, s, w, inv, y, off
+    cdef Py_ssize_t i, k, label
+    for i in range(start, stop):
+        z = Z + i * c
+        g = G + i * c
+        m = _row_max(z, c)
+        s = _exp_shifted(z, g, c, m)
+        w = sw[i] if sw != NULL else 1
+        inv = <floating>(w * scale) / s
+        y_dot_z = 0
+        if T == NULL:
+            label = labels[i]
+            off = <floating>(smoothing / c)
+            for k in range(c):
+                g[k] = g[k] * inv - <floating>(w * scale) * off
+            g[label] -= <floating>(w * scale * (1 - smoothing))
+            y_sum = 1
+            y_dot_z = (1 - smoothing) * z[label]
+            if smoothing != 0:
+                z_sum = 0
+                for k in range(c):
+                    z_sum += z[k]
+                y_dot_z += smoothing / c * z_sum
+        else:
+            # soft targets: grad = p * sum(y) - y  (MATH.md section 4)
+            y_sum = 0
+            for k in range(c):
+                y = _smoothed(T[i * c + k], smoothing, c)
+                y_sum += y
+                if y != 0:                     # 0 * (-inf) must not poison the loss
+                    y_dot_z += y * z[k]
+            inv = inv * <floating>y_sum
+            for k in range(c):
+                g[k] = g[k] * inv - <floating>(w * scale) * _smoothed(T[i * c + k], smoothing, c)
+        loss = ((<double>m + log(<double>s)) * y_sum - y_dot_z)
+        if L != NULL:
+            L[i] = <floating>(w * loss)
+        total += w * loss
+    return total
+
+
+def softmax_cross_entropy(const floating[:, ::1] logits, const int64_t[::1] labels,
+                          const floating[:, ::1] target, const floating[::1] sample_weight,
+                          floating[:, ::1] grad, floating[::1] losses, double scale,
+                          double smoothing):
+    """Returns sum_i w_i l_i; writes grad (scaled by ``scale``) and optionally
+    the per-sample weighted losses.  Exactly one of labels/target is given."""
+    cdef Py_ssize_t n = logits.shape[0], c = logits.shape[1]
+    cdef Py_ssize_t n_chunks = _n_chunks(n), ch
+    cdef const int64_t* lp = &labels[0] if labels is not None else NULL
+    cdef const floating* tp = &target[0, 0] if target is not None else NULL
+    cdef const floating* wp = &sample_weight[0] if sample_weight is not None else NULL
+    cdef floating* loss_p = &losses[0] if losses is not None else NULL
+    cdef const floating* zp = &logits[0, 0]
+    cdef floating* gp = &grad[0, 0]
+    cdef double* partial = <double*> malloc(n_chunks * sizeof(double))
+    cdef double total = 0
+    if partial == NULL:
+        raise MemoryError()
+    for ch in prange(n_chunks, nogil=True, schedule="static", num_threads=_n_threads,
+                     use_threads_if=n * c >= MIN_PARALLEL_WORK):
+        partial[ch] = _xent_chunk(zp, lp, tp, wp, gp, loss_p, ch * ROWS_PER_CHUNK,
+                                  _chunk_stop(ch, n), c, scale, smoothing)
+    for ch in range(n_chunks):
+        total += partial[ch]
+    free(partial)
+    return total
+
+
+cdef double _bce_chunk(const floating* Z, const floating* T, const floating* sw, floating* G,
+                       floating* L, Py_ssize_t start, Py_ssize_t stop, Py_ssize_t k_out,
+                       double scale) noexcept nogil:
+    """Binary cross-entropy with logits: max(z,0) - t z + log1p(exp(-|z|))."""
+    cdef double total = 0, row_loss
+    cdef Py_ssize_t i, k, j
+    cdef floating z, t, w, ws
+    for i in range(start, stop):
+        w = sw[i] if sw != NULL else 1
+        ws = <floating>(w * scale)
+        row_loss = 0
+        for k in range(k_out):
+            j = i * k_out + k
+            z = Z[j]
+            t = T[j]
+            row_loss += (z if z > 0 else 0) - t * z + _log1p(_exp(-_fabs(z)))
+            G[j] = (_sigmoid(z) - t) * ws
+        if L != NULL:
+            L[i] = <floating>(w * row_loss)
+        total += w * row_loss
+    return total
+
+
+cdef double _mse_chunk(const floating* O, const floating* Y, const floating* sw, floating* G,
+                       floating* L, Py_ssize_t start, Py_ssize_t stop, Py_ssize_t k_out,
+                       double scale) noexcept nogil:
+    """Squared error with the 1/2 convention; gradient o - y."""
+    cdef double total = 0, row_loss
+    cdef Py_ssize_t i, k, j
+    cdef floating d, w, ws
+    for i in range(start, stop):
+        w = sw[i] if sw != NULL else 1
+        ws = <floating>(w * scale)
+        row_loss = 0
+        for k in range(k_out):
+            j = i * k_out + k
+            d = O[j] - Y[j]
+            row_loss += <double>d * d
+            G[j] = d * ws
+        row_loss *= 0.5
+        if L != NULL:
+            L[i] = <floating>(w * row_loss)
+        total += w * row_loss
+    return total
+
+
+def pointwise_loss(int which, const floating[:, ::1] z, const floating[:, ::1] t,
+                   const floating[::1] sample_weight, floating[:, ::1] grad,
+                   floating[::1] losses, double scale):
+    """which = 0: binary cross-entropy with logits; 1: squared error."""
+    cdef Py_ssize_t n = z.shape[0], k_out = z.shape[1]
+    cdef Py_ssize_t n_chunks = _n_chunks(n), ch
+    cdef const floating* wp = &sample_weight[0] if sample_weight is not None else NULL
+    cdef floating* loss_p = &losses[0] if losses is not None else NULL
+    cdef const floating* zp = &z[0, 0]
+    cdef const floating* tp = &t[0, 0]
+    cdef floating* gp = &grad[0, 0]
+    cdef double* partial = <double*> malloc(n_chunks * sizeof(double))
+    cdef double total = 0
+    if partial == NULL:
+        raise MemoryError()
+    for ch in prange(n_chunks, nogil=True, schedule="static", num_threads=_n_threads,
+                     use_threads_if=n * k_out >= MIN_PARALLEL_WORK):
+        if which == 0:
+            partial[ch] = _bce_chunk(zp, tp, wp, gp, loss_p, ch * ROWS_PER_CHUNK,
+                                     _chunk_stop(ch, n), k_out, scale)
+        else:
+            partial[ch] = _mse_chunk(zp, tp, wp, gp, loss_p, ch * ROWS_PER_CHUNK,
+                                     _chunk_stop(ch, n), k_out, scale)
+    for ch in range(n_chunks):
+        total += partial[ch]
+    free(partial)
+    return total
+
+
+# ---------------------------------------------------------------------------
+# dense layer: GEMM on BLAS, everything around it fused
+# ---------------------------------------------------------------------------
+cdef inline void _gemm(char transa, char transb, int m, int n, int k, floating alpha,
+                       const floating* a, int lda, const floating* b, int ldb, floating beta,
+                       floating* c, int ldc) noexcept nogil:
+    """Column-major GEMM (Fortran BLAS); callers pass row-major operands
+    swapped, since a row-major C = A B is the column-major C^T = B^T A^T."""
+    if floating is float:
+        sgemm(&transa, &transb, &m, &n, &k, &alpha, <float*>a, &lda, <float*>b, &ldb,
+              &beta, c, &ldc)
+    else:
+        dgemm(&transa, &transb, &m, &n, &k, &alpha, <double*>a, &lda, <double*>b, &ldb,
+              &beta, c, &ldc)
+
+
+cdef void _bias_activation_rows(floating* O, const floating* b, Py_ssize_t start,
+                                Py_ssize_t stop, Py_ssize_t n_out, int kind,
+                                floating alpha) noexcept nogil:
+    cdef Py_ssize_t i, j
+    cdef floating* o
+    for i in range(start, stop):
+        o = O + i * n_out
+        if b != NULL:
+            for j in range(n_out):
+                o[j] = o[j] + b[j]
+        if kind != IDENTITY:
+            _activation_forward_range(o, o, 0, n_out, kind, alpha)
+
+
+def dense_forward(const floating[:, ::1] A, const floating[:, ::1] W, const floating[::1] b,
+                  floating[:, ::1] out, int kind, double alpha):
+    """out = f(A W + b): sgemm/dgemm, then one fused bias + activation pass."""
+    cdef Py_ssize_t n = A.shape[0], n_in = A.shape[1], n_out = W.shape[1]
+    cdef Py_ssize_t n_chunks = _n_chunks(n), ch
+    cdef const floating* bp = &b[0] if b is not None else NULL
+    cdef floating* op = &out[0, 0]
+    with nogil:
+        _gemm(c'N', c'N', <int>n_out, <int>n, <int>n_in, 1, &W[0, 0], <int>n_out,
+              &A[0, 0], <int>n_in, 0, op, <int>n_out)
+        if bp != NULL or kind != IDENTITY:
+            for ch in prange(n_chunks, schedule="static", num_threads=_n_threads,
+                             use_threads_if=n * n_out >= MIN_PARALLEL_WORK):
+                _bias_activation_rows(op, bp, ch * ROWS_PER_CHUNK, _chunk_stop(ch, n), n_out,
+                                      kind, <floating>alpha)
+
+
+cdef void _delta_colsum_chunk(const floating* O, const floating* G, floating* D, double* colsum,
+                              Py_ssize_t start, Py_ssize_t stop, Py_ssize_t n_out, int kind,
+                              floating alpha) noexcept nogil:
+    """D = G * f'(O) for rows [start, stop), and colsum = their column sums."""
+    cdef Py_ssize_t i, j
+    memset(colsum, 0, n_out * sizeof(double))
+    for i in range(start, stop):
+        if kind != IDENTITY:
+            _activation_backward_range(O + i * n_out, G + i * n_out, D + i * n_out, 0, n_out,
+                                       kind, alpha)
+        elif D != G:
+            for j in range(n_out):
+                D[i * n_out + j] = G[i * n_out + j]
+        for j in range(n_out):
+            colsum[j] += D[i * n_out + j]
+
+
+def dense_backward(const floating[:, ::1] A, const floating[:, ::1] W, const floating[:, ::1] O,
+                   const floating[:, ::1] G, floating[:, ::1] delta, floating[:, ::1] dA,
+                   floating[:, ::1] dW, floating[::1] db, int kind, double alpha):
+    """delta = G * f'(O) fused with db = column sums of delta; then
+    dW = A^T delta and (when dA is given) dA = delta W^T on BLAS.
+    ``delta`` may alias ``G``."""
+    cdef Py_ssize_t n = A.shape[0], n_in = A.shape[1], n_out = W.shape[1]
+    cdef Py_ssize_t n_chunks = _n_chunks(n), ch, j
+    cdef floating* dp = &delta[0, 0]
+    cdef floating* dA_p = &dA[0, 0] if dA is not None else NULL
+    cdef double* partial = <double*> malloc(n_chunks * n_out * sizeof(double))
+    cdef double s
+    if partial == NULL:
+        raise MemoryError()
+    with nogil:
+        for ch in prange(n_chunks, schedule="static", num_threads=_n_threads,
+                         use_threads_if=n * n_out >= MIN_PARALLEL_WORK):
+            _delta_colsum_chunk(&O[0, 0], &G[0, 0], dp, partial + ch * n_out,
+                                ch * ROWS_PER_CHUNK, _chunk_stop(ch, n), n_out, kind,
+                                <floating>alpha)
+        for j in range(n_out):
+            s = 0
+            for ch in range(n_chunks):
+                s = s + partial[ch * n_out + j]
+            db[j] = <floating>s
+        # dW (n_in x n_out, row-major) = A^T delta  <=>  dW^T = delta^T A (col-major)
+        _gemm(c'N', c'T', <int>n_out, <int>n_in, <int>n, 1, dp, <int>n_out, &A[0, 0],
+              <int>n_in, 0, &dW[0, 0], <int>n_out)
+        if dA_p != NULL:
+            # dA (n x n_in) = delta W^T  <=>  dA^T = W delta^T (col-major)
+            _gemm(c'T', c'N', <int>n_in, <int>n, <int>n_out, 1, &W[0, 0], <int>n_out, dp,
+                  <int>n_out, 0, dA_p, <int>n_in)
+    free(partial)
+
+
+# ---------------------------------------------------------------------------
+# logistic regression: z = X w + b, r = sigmoid(z) - t, g += r x in one sweep
+# ---------------------------------------------------------------------------
+cdef double _logistic_chunk(const floating* X, const floating* w, double b, const floating* T,
+                            const floating* sw, double* gw, Py_ssize_t start, Py_ssize_t stop,
+                            Py_ssize_t d) noexcept nogil:
+    """Accumulates sum_i w_i r_i x_i into gw[0:d] and sum_i w_i r_i into
+    gw[d]; returns sum_i w_i l_i."""
+    cdef double total = 0, wi, r, z, t
+    cdef floating dot
+    cdef const floating* x
+    cdef Py_ssize_t i, j
+    memset(gw, 0, (d + 1) * sizeof(double))
+    for i in range(start, stop):
+        x = X + i * d
+        dot = 0
+        for j in range(d):
+            dot = dot + x[j] * w[j]
+        z = dot + b
+        t = T[i]
+        wi = sw[i] if sw != NULL else 1
+        total += wi * ((z if z > 0 else 0) - t * z + log1p(exp(-fabs(z))))
+        r = wi * (_sigmoid(z) - t)
+        for j in range(d):
+            gw[j] += r * x[j]
+        gw[d] += r
+    return total
+
+
+def logistic_loss_grad(const floating[:, ::1] X, const floating[::1] w, double b,
+                       const floating[::1] t, const floating[::1] sample_weight,
+                       floating[::1] grad_w, double scale):
+    """Returns (weighted loss sum, grad_b scaled); writes grad_w scaled."""
+    cdef Py_ssize_t n = X.shape[0], d = X.shape[1]
+    cdef Py_ssize_t n_chunks = _n_chunks(n), ch, j
+    cdef const floating* wp = &sample_weight[0] if sample_weight is not None else NULL
+    cdef double* partial = <double*> malloc(n_chunks * (d + 2) * sizeof(double))
+    cdef double loss_sum = 0, grad_b = 0, s
+    if partial == NULL:
+        raise MemoryError()
+    with nogil:
+        # chunk layout: [gw (d) | gb | loss]
+        for ch in prange(n_chunks, schedule="static", num_threads=_n_threads,
+                         use_threads_if=n * d >= MIN_PARALLEL_WORK):
+            partial[ch * (d + 2) + d + 1] = _logistic_chunk(
+                &X[0, 0], &w[0], b, &t[0], wp, partial + ch * (d + 2),
+                ch * ROWS_PER_CHUNK, _chunk_stop(ch, n), d)
+        for j in range(d + 1):
+            s = 0
+            for ch in range(n_chunks):
+                s = s + partial[ch * (d + 2) + j]
+            if j < d:
+                grad_w[j] = <floating>(s * scale)
+            else:
+                grad_b = s * scale
+        for ch in range(n_chunks):
+            loss_sum = loss_sum + partial[ch * (d + 2) + d + 1]
+    free(partial)
+    return loss_sum, grad_b
+
+
+# ---------------------------------------------------------------------------
+# optimiser updates: one fused pass over each parameter array
+# ---------------------------------------------------------------------------
+cdef inline floating _sign(floating x) noexcept nogil:
+    return (x > 0) - (x < 0)
+
+
+cdef inline floating _l1_clip(floating old, floating new, floating l1) noexcept nogil:
+    # An L1 step may shrink a weight to zero but never carries it across.
+    if l1 != 0 and old * new < 0:
+        return 0
+    return new
+
+
+def sgd_step(floating[::1] p, const floating[::1] g, floating[::1] velocity, double lr,
+             double momentum, bint nesterov, double l2, double l1):
+    cdef Py_ssize_t n = p.shape[0], i
+    cdef floating* pp = &p[0]
+    cdef const floating* gp = &g[0]
+    cdef floating* vp = &velocity[0] if velocity is not None else NULL
+    cdef floating flr = <floating>lr, mu = <floating>momentum, fl2 = <floating>l2
+    cdef floating fl1 = <floating>l1, gi, u, v
+    for i in prange(n, nogil=True, schedule="static", num_threads=_n_threads,
+                    use_threads_if=n >= MIN_PARALLEL_WORK):
+        gi = gp[i] + fl2 * pp[i] + fl1 * _sign(pp[i])
+        if vp != NULL:
+            v = mu * vp[i] - flr * gi
+            vp[i] = v
+            u = mu * v - flr * gi if nesterov else v
+        else:
+            u = -flr * gi
+        pp[i] = _l1_clip(pp[i], pp[i] + u, fl1)
+
+
+def adam_step(floating[::1] p, const floating[::1] g, floating[::1] m, floating[::1] v,
+              double lr_t, double beta1, double beta2, double eps, double l2, double l1,
+              double decay):
+    """``lr_t`` is the bias-corrected step size; ``decay`` = lr * weight_decay
+    (decoupled, AdamW) applied before the gradient step."""
+    cdef Py_ssize_t n = p.shape[0], i
+    cdef floating* pp = &p[0]
+    cdef const floating* gp = &g[0]
+    cdef floating* mp = &m[0]
+    cdef floating* vp = &v[0]
+    cdef floating b1 = <floating>beta1, b2 = <floating>beta2, feps = <floating>eps
+    cdef floating flr = <floating>lr_t, fl2 = <floating>l2, fl1 = <floating>l1
+    cdef floating keep = <floating>(1 - decay), gi, theta, mi, vi
+    for i in prange(n, nogil=True, schedule="static", num_threads=_n_threads,
+                    use_threads_if=n >= MIN_PARALLEL_WORK):
+        theta = pp[i] * keep if decay != 0 else pp[i]
+        gi = gp[i] + fl2 * theta + fl1 * _sign(theta)
+        mi = b1 * mp[i] + (1 - b1) * gi
+        vi = b2 * vp[i] + (1 - b2) * gi * gi
+        mp[i] = mi
+        vp[i] = vi
+        pp[i] = _l1_clip(theta, theta - flr * mi / (_sqrt(vi) + feps), fl1)

@@ -1,0 +1,425 @@
+"""Checked entry points of fastnn's compiled kernels.
+
+Each function validates its arguments (shape, dtype, label range, weights,
+``out=`` buffers), converts them once to C-contiguous arrays of the compute
+dtype, and calls one kernel of ``fastnn._kernels``.  The kernels never see
+invalid input and never raise.  The semantics, dtype rules and errors are
+specified in docs/API.md; ``fastnn.reference`` is the NumPy twin of every
+function here.
+"""
+import math
+import numbers
+
+import numpy as np
+
+from . import _kernels
+
+__all__ = [
+    "ACTIVATIONS",
+    "activation_backward",
+    "activation_forward",
+    "adam_step",
+    "binary_cross_entropy_with_logits",
+    "dense_backward",
+    "dense_forward",
+    "log_softmax",
+    "logistic_loss_grad",
+    "mse_loss",
+    "sgd_step",
+    "softmax",
+    "softmax_cross_entropy",
+]
+
+ACTIVATIONS = {a.name.lower(): int(a) for a in _kernels.Activation}
+REDUCTIONS = ("mean", "sum", "none")
+_FLOAT64 = np.dtype(np.float64)
+_FLOAT32 = np.dtype(np.float32)
+_ANY_NDIM = range(1, 65)
+
+
+# ---------------------------------------------------------------------------
+# validation helpers: the one place for every argument check
+# ---------------------------------------------------------------------------
+def _array(x, name):
+    """``x`` as an ndarray of a supported kind, or TypeError naming it."""
+    if not isinstance(x, np.ndarray):
+        try:
+            x = np.asarray(x)
+        except (TypeError, ValueError) as exc:
+            raise TypeError(f"{name} must be an array of numbers: {exc}") from None
+    if x.dtype.kind not in "fiub" or x.dtype == np.float16 or x.dtype.itemsize > 8:
+        raise TypeError(f"{name} must be a float32 or float64 array (or integer, promoted), "
+                        f"got dtype {x.dtype}")
+    return x
+
+
+def _compute_dtype(x):
+    """The kernel dtype chosen by the primary array: float32 stays float32,
+    everything else (float64, integers, bool) computes in float64."""
+    return _FLOAT32 if x.dtype == _FLOAT32 else _FLOAT64
+
+
+def _contiguous(x, name, dtype, ndims):
+    """Check ``x`` and return it C-contiguous in ``dtype`` (copied only when needed)."""
+    x = _array(x, name)
+    if x.ndim not in ndims:
+        expected = ("at least 1-D" if ndims is _ANY_NDIM
+                    else " or ".join(f"{d}-D" for d in ndims))
+        raise ValueError(f"{name} must be {expected}, got an array of shape {x.shape}")
+    if x.size == 0:
+        raise ValueError(f"{name} must not be empty, got shape {x.shape}")
+    return np.ascontiguousarray(x, dtype=dtype)
+
+
+def _primary(x, name, ndims):
+    x = _array(x, name)
+    return _contiguous(x, name, _compute_dtype(x), ndims)
+
+
+def _check_shape(x, name, shape, what=""):
+    if x.shape != shape:
+        raise ValueError(f"{name} must have shape {shape}{what}, got {x.shape}")
+
+
+def _output(out, name, shape, dtype, *inputs):
+    """A fresh buffer, or the caller's ``out`` after checking it.
+
+    ``inputs`` are arrays the kernel reads while writing ``out``: they must
+    not overlap it."""
+    if out is None:
+        return np.empty(shape, dtype)
+    if not isinstance(out, np.ndarray):
+        raise TypeError(f"{name} must be a numpy.ndarray, got {type(out).__name__}")
+    if out.dtype != dtype:
+        raise TypeError(f"{name} must have dtype {dtype}, got {out.dtype}")
+    if out.shape != tuple(shape):
+        raise ValueError(f"{name} must have shape {tuple(shape)}, got {out.shape}")
+    if not out.flags.c_contiguous:
+        raise ValueError(f"{name} must be C-contiguous")
+    if not out.flags.writeable:
+        raise ValueError(f"{name} must be writeable")
+    for x in inputs:
+        if x is not None and np.may_share_memory(out, x):
+            raise ValueError(f"{name} must not overlap the input arrays")
+    return out
+
+
+def _unless_same(out, x):
+    """The inputs ``out`` must not overlap: none when ``out`` *is* ``x``
+    (the kernels that accept in-place operation read each element before
+    writing it)."""
+    return () if out is x else (x,)
+
+
+def _activation(name, alpha):
+    try:
+        code = ACTIVATIONS[name]
+    except (KeyError, TypeError):
+        raise ValueError(f"activation must be one of {sorted(ACTIVATIONS)}, got {name!r}") from None
+    _check_alpha(alpha)
+    return code
+
+
+def _check_alpha(alpha):
+    if (not isinstance(alpha, numbers.Real) or isinstance(alpha, bool)
+            or not math.isfinite(alpha) or alpha <= 0):
+        raise ValueError(f"alpha (the leaky_relu slope) must be a finite number > 0, got {alpha!r}")
+
+
+def _check_reduction(reduction):
+    if reduction not in REDUCTIONS:
+        raise ValueError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}")
+
+
+def _sample_weight(sample_weight, n, dtype):
+    if sample_weight is None:
+        return None
+    w = _contiguous(sample_weight, "sample_weight", dtype, (1,))
+    _check_shape(w, "sample_weight", (n,), " (one weight per sample)")
+    if not np.isfinite(w).all() or (w < 0).any():
+        raise ValueError("sample_weight must be finite and non-negative")
+    return w
+
+
+def _scale(reduction, n, weights):
+    """The factor that turns the weighted loss sum into the requested loss."""
+    if reduction != "mean":
+        return 1.0
+    total = n if weights is None else float(np.sum(weights, dtype=np.float64))
+    if total <= 0:
+        raise ValueError("sample_weight must not sum to 0 with reduction='mean'")
+    return 1.0 / total
+
+
+def _reduce(total, scale, reduction, losses):
+    if reduction == "none":
+        return losses
+    return total * scale if reduction == "mean" else total
+
+
+def _rows(x):
+    """View a (N,) array as (N, 1): 1-D inputs are N single-output samples."""
+    return x.reshape(x.shape[0], -1)
+
+
+# ---------------------------------------------------------------------------
+# activations and softmax
+# ---------------------------------------------------------------------------
+def activation_forward(z, name, *, alpha=0.01, out=None):
+    """o = f(z) elementwise for f in ACTIVATIONS; ``out`` may be ``z``."""
+    kind = _activation(name, alpha)
+    z = _primary(z, "z", _ANY_NDIM)
+    out = _output(out, "out", z.shape, z.dtype, *_unless_same(out, z))
+    _kernels.activation_forward(z.reshape(-1), out.reshape(-1), kind, alpha)
+    return out
+
+
+def activation_backward(o, grad_out, name, *, alpha=0.01, out=None):
+    """delta = grad_out * f'(o), with f' written in terms of the output o."""
+    kind = _activation(name, alpha)
+    o = _primary(o, "o", _ANY_NDIM)
+    g = _contiguous(grad_out, "grad_out", o.dtype, (o.ndim,))
+    _check_shape(g, "grad_out", o.shape, " (the shape of o)")
+    out = _output(out, "out", o.shape, o.dtype, o, *_unless_same(out, g))
+    _kernels.activation_backward(o.reshape(-1), g.reshape(-1), out.reshape(-1), kind, alpha)
+    return out
+
+
+def _softmax(x, out, take_log):
+    x = _primary(x, "x", (2,))
+    out = _output(out, "out", x.shape, x.dtype, *_unless_same(out, x))
+    _kernels.softmax(x, out, take_log)
+    return out
+
+
+def softmax(x, *, out=None):
+    """Row-wise softmax of a 2-D array (max-subtracted; NaN row policy in docs/API.md)."""
+    return _softmax(x, out, False)
+
+
+def log_softmax(x, *, out=None):
+    """Row-wise log-softmax of a 2-D array."""
+    return _softmax(x, out, True)
+
+
+# ---------------------------------------------------------------------------
+# losses
+# ---------------------------------------------------------------------------
+def _class_indices(target, n, n_classes):
+    if target.shape != (n,):
+        raise ValueError(f"target must have shape ({n},) (class indices) or ({n}, {n_classes}) "
+                         f"(probabilities), got {target.shape}")
+    if target.dtype.kind == "f":
+        if not np.isfinite(target).all() or (target != np.round(target)).any():
+            raise ValueError("target holds class indices: float values must be whole numbers")
+    low, high = target.min(), target.max()
+    if low < 0 or high >= n_classes:
+        bad = low if low < 0 else high
+        raise ValueError(f"target holds class indices, which must lie in [0, {n_classes}); "
+                         f"found {bad}")
+    return np.ascontiguousarray(target, dtype=np.int64)
+
+
+def softmax_cross_entropy(logits, target, *, sample_weight=None, reduction="mean",
+                          label_smoothing=0.0, out=None):
+    """Fused softmax + cross-entropy: returns (loss, gradient w.r.t. logits).
+
+    ``target``: class indices (N,) of any integer dtype, or probabilities (N, C).
+    """
+    _check_reduction(reduction)
+    if not (isinstance(label_smoothing, numbers.Real) and 0 <= label_smoothing < 1):
+        raise ValueError(f"label_smoothing must be in [0, 1), got {label_smoothing!r}")
+    z = _primary(logits, "logits", (2,))
+    n, c = z.shape
+    t = _array(target, "target")
+    labels = probs = None
+    if t.ndim == 2:
+        probs = _contiguous(t, "target", z.dtype, (2,))
+        _check_shape(probs, "target", z.shape, " (probabilities, the shape of logits)")
+    else:
+        if t.ndim != 1:
+            raise ValueError(f"target must be 1-D class indices or 2-D probabilities, "
+                             f"got shape {t.shape}")
+        if t.size == 0:
+            raise ValueError("target must not be empty")
+        labels = _class_indices(t, n, c)
+    w = _sample_weight(sample_weight, n, z.dtype)
+    scale = _scale(reduction, n, w)
+    grad = _output(out, "out", z.shape, z.dtype, z, probs)
+    losses = np.empty(n, z.dtype) if reduction == "none" else None
+    total = _kernels.softmax_cross_entropy(z, labels, probs, w, grad, losses, scale,
+                                           float(label_smoothing))
+    return _reduce(total, scale, reduction, losses), grad
+
+
+def _pointwise_loss(which, primary_name, target_name, o, y, sample_weight, reduction, out):
+    _check_reduction(reduction)
+    o = _primary(o, primary_name, (1, 2))
+    y = _contiguous(y, target_name, o.dtype, (o.ndim,))
+    _check_shape(y, target_name, o.shape, f" (the shape of {primary_name})")
+    n = o.shape[0]
+    w = _sample_weight(sample_weight, n, o.dtype)
+    scale = _scale(reduction, n, w)
+    grad = _output(out, "out", o.shape, o.dtype, o, y)
+    losses = np.empty(n, o.dtype) if reduction == "none" else None
+    total = _kernels.pointwise_loss(which, _rows(o), _rows(y), w, _rows(grad), losses, scale)
+    return _reduce(total, scale, reduction, losses), grad
+
+
+def binary_cross_entropy_with_logits(z, t, *, sample_weight=None, reduction="mean", out=None):
+    """Binary cross-entropy on logits z (N,) or (N, K) with targets t in [0, 1]:
+    returns (loss, gradient sigmoid(z) - t, scaled).  Stable for any |z|."""
+    return _pointwise_loss(0, "z", "t", z, t, sample_weight, reduction, out)
+
+
+def mse_loss(o, y, *, sample_weight=None, reduction="mean", out=None):
+    """Squared error with the 1/2 convention: returns (loss, gradient o - y, scaled)."""
+    return _pointwise_loss(1, "o", "y", o, y, sample_weight, reduction, out)
+
+
+# ---------------------------------------------------------------------------
+# dense layer
+# ---------------------------------------------------------------------------
+def _dense_operands(A, W, b):
+    W = _primary(W, "W", (2,))
+    n_in, n_out = W.shape
+    A = _contiguous(A, "A", W.dtype, (2,))
+    if A.shape[1] != n_in:
+        raise ValueError(f"A must have shape (N, {n_in}) to match W {W.shape}, got {A.shape}")
+    if b is not None:
+        b = _contiguous(b, "b", W.dtype, (1,))
+        _check_shape(b, "b", (n_out,), " (one bias per output)")
+    return A, W, b
+
+
+def dense_forward(A, W, b, activation="identity", *, alpha=0.01, out=None):
+    """O = f(A W + b) with W of shape (n_in, n_out); the product runs on BLAS,
+    bias and activation in one fused pass."""
+    kind = _activation(activation, alpha)
+    A, W, b = _dense_operands(A, W, b)
+    out = _output(out, "out", (A.shape[0], W.shape[1]), W.dtype, A, W, b)
+    _kernels.dense_forward(A, W, b, out, kind, alpha)
+    return out
+
+
+def dense_backward(A, W, O, grad_out, activation="identity", *, alpha=0.01,
+                   need_input_grad=True, out=None, overwrite_grad_out=False):
+    """Backward pass of ``dense_forward``: returns (dA, dW, db).
+
+    delta = grad_out * f'(O) is fused with db = column sums of delta; dW =
+    A^T delta and dA = delta W^T run on BLAS.  dA is None when
+    ``need_input_grad`` is False.  ``out`` is an optional (dA, dW, db) tuple of
+    buffers; ``overwrite_grad_out=True`` stores delta in ``grad_out``.
+    """
+    kind = _activation(activation, alpha)
+    A, W, _ = _dense_operands(A, W, None)
+    n, n_out = A.shape[0], W.shape[1]
+    O = _contiguous(O, "O", W.dtype, (2,))
+    _check_shape(O, "O", (n, n_out), " (the layer's output)")
+    if overwrite_grad_out:
+        G = _output(grad_out, "grad_out", (n, n_out), W.dtype, A, W, O)
+        delta = G
+    else:
+        G = _contiguous(grad_out, "grad_out", W.dtype, (2,))
+        _check_shape(G, "grad_out", (n, n_out), " (the shape of O)")
+        delta = np.empty_like(G)
+    dA_out, dW_out, db_out = (None, None, None) if out is None else _unpack3(out)
+    inputs = (A, W, O, G)
+    dW = _output(dW_out, "out[1] (dW)", W.shape, W.dtype, *inputs)
+    db = _output(db_out, "out[2] (db)", (n_out,), W.dtype, *inputs, dW)
+    dA = None
+    if need_input_grad:
+        dA = _output(dA_out, "out[0] (dA)", A.shape, W.dtype, *inputs, dW, db)
+    _kernels.dense_backward(A, W, O, G, delta, dA, dW, db, kind, alpha)
+    return dA, dW, db
+
+
+def _unpack3(out):
+    if not isinstance(out, (tuple, list)) or len(out) != 3:
+        raise TypeError("out must be a tuple (dA, dW, db) of arrays (dA may be None)")
+    return out
+
+
+# ---------------------------------------------------------------------------
+# logistic regression
+# ---------------------------------------------------------------------------
+def logistic_loss_grad(X, w, b, t, *, sample_weight=None, out=None):
+    """Mean binary cross-entropy of sigmoid(X w + b) against t, and its
+    gradient, in one pass over X: returns (loss, grad_w, grad_b)."""
+    X = _primary(X, "X", (2,))
+    n, d = X.shape
+    w = _contiguous(w, "w", X.dtype, (1,))
+    _check_shape(w, "w", (d,), " (one weight per column of X)")
+    if not isinstance(b, numbers.Real):
+        raise TypeError(f"b must be a real number, got {type(b).__name__}")
+    t = _contiguous(t, "t", X.dtype, (1,))
+    _check_shape(t, "t", (n,), " (one target per row of X)")
+    sw = _sample_weight(sample_weight, n, X.dtype)
+    scale = _scale("mean", n, sw)
+    grad_w = _output(out, "out", (d,), X.dtype, X, w, t)
+    loss_sum, grad_b = _kernels.logistic_loss_grad(X, w, float(b), t, sw, grad_w, scale)
+    return loss_sum * scale, grad_w, grad_b
+
+
+# ---------------------------------------------------------------------------
+# optimiser updates (in place)
+# ---------------------------------------------------------------------------
+def _state(x, name, like):
+    """A state array updated in place: exactly like ``like`` (shape, dtype, C order)."""
+    if not isinstance(x, np.ndarray):
+        raise TypeError(f"{name} must be a numpy.ndarray, got {type(x).__name__}")
+    if x.dtype != like.dtype:
+        raise TypeError(f"{name} must have dtype {like.dtype}, got {x.dtype}")
+    _check_shape(x, name, like.shape)
+    if not x.flags.c_contiguous or not x.flags.writeable:
+        raise ValueError(f"{name} must be C-contiguous and writeable (it is updated in place)")
+    return x.reshape(-1)
+
+
+def _param_and_grad(param, grad):
+    if not isinstance(param, np.ndarray) or param.dtype not in (_FLOAT32, _FLOAT64):
+        raise TypeError("param must be a float32 or float64 numpy.ndarray")
+    if param.size == 0:
+        raise ValueError("param must not be empty")
+    p = _state(param, "param", param)
+    g = _contiguous(grad, "grad", param.dtype, (param.ndim,))
+    _check_shape(g, "grad", param.shape, " (the shape of param)")
+    return p, g.reshape(-1)
+
+
+def _hyper(value, name, low=0.0, high=math.inf, high_open=False):
+    if not isinstance(value, numbers.Real) or isinstance(value, bool) or not math.isfinite(value) \
+            or value < low or value > high or (high_open and value == high):
+        bound = f"[{low}, {high})" if high_open else f"[{low}, {high}]"
+        raise ValueError(f"{name} must be a finite number in {bound}, got {value!r}")
+    return float(value)
+
+
+def sgd_step(param, grad, velocity=None, *, lr, momentum=0.0, nesterov=False, l2=0.0, l1=0.0):
+    """One fused SGD update of ``param`` in place (scikit-learn's convention)."""
+    p, g = _param_and_grad(param, grad)
+    lr, momentum = _hyper(lr, "lr"), _hyper(momentum, "momentum", 0.0, 1.0)
+    l2, l1 = _hyper(l2, "l2"), _hyper(l1, "l1")
+    v = _state(velocity, "velocity", param) if velocity is not None else None
+    if v is None and momentum != 0:
+        raise ValueError("velocity is required when momentum > 0")
+    _kernels.sgd_step(p, g, v, lr, momentum, bool(nesterov), l2, l1)
+    return param
+
+
+def adam_step(param, grad, m, v, *, lr, step, beta1=0.9, beta2=0.999, eps=1e-8, l2=0.0, l1=0.0,
+              weight_decay=0.0):
+    """One fused Adam/AdamW update of ``param``, ``m`` and ``v`` in place."""
+    p, g = _param_and_grad(param, grad)
+    m_, v_ = _state(m, "m", param), _state(v, "v", param)
+    lr = _hyper(lr, "lr")
+    beta1 = _hyper(beta1, "beta1", 0.0, 1.0, high_open=True)
+    beta2 = _hyper(beta2, "beta2", 0.0, 1.0, high_open=True)
+    eps, l2, l1 = _hyper(eps, "eps"), _hyper(l2, "l2"), _hyper(l1, "l1")
+    weight_decay = _hyper(weight_decay, "weight_decay")
+    if not isinstance(step, numbers.Integral) or isinstance(step, bool) or step < 1:
+        raise ValueError(f"step must be an integer >= 1 (updates so far, this one included), "
+                         f"got {step!r}")
+    lr_t = lr * math.sqrt(1 - beta2 ** step) / (1 - beta1 ** step)
+    _kernels.adam_step(p, g, m_, v_, lr_t, beta1, beta2, eps, l2, l1, lr * weight_decay)
+    return param
