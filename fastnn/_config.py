@@ -4,11 +4,13 @@ fastnn's OpenMP kernels and the BLAS calls they make share one thread budget.
 It comes from, in order: ``set_num_threads``/``num_threads``, the
 ``FASTNN_NUM_THREADS`` environment variable, ``OMP_NUM_THREADS``, and the
 size of the process's CPU affinity mask.  fastnn never rewrites the user's
-``OMP_*``/``OPENBLAS_*`` variables; an explicit ``set_num_threads(n)`` limits
-the BLAS that fastnn calls (SciPy's) to ``n`` threads as well, through
-threadpoolctl, and ``num_threads(n)`` restores it on exit.
+``OMP_*``/``OPENBLAS_*`` variables nor the BLAS's global thread count: with
+OpenBLAS (SciPy's), the BLAS calls fastnn makes are issued from inside its
+own OpenMP team with a thread-local BLAS thread count, so OpenMP and BLAS
+threads never compete for the cores.
 """
 import contextlib
+import ctypes
 import os
 import platform
 import sys
@@ -47,44 +49,41 @@ def _default_thread_count():
     return _available_cores()
 
 
-def _blas_controller():
-    """threadpoolctl's handle on the BLAS that scipy.linalg.cython_blas uses."""
+def _scipy_blas():
+    """threadpoolctl's record of the BLAS behind scipy.linalg.cython_blas."""
     try:
         import scipy.linalg  # noqa: F401  (loads SciPy's BLAS)
-        from threadpoolctl import ThreadpoolController
+        from threadpoolctl import threadpool_info
     except ImportError:
         return None
-    controller = ThreadpoolController()
-    scipy_dir = os.path.dirname(os.path.dirname(sys.modules["scipy"].__file__))
-    blas = controller.select(user_api="blas")
-    # Prefer SciPy's own copy of the BLAS (wheels vendor one per package).
-    for lib in blas.lib_controllers:
-        if "scipy" in os.path.basename(os.path.dirname(lib.filepath)) or \
-                lib.filepath.startswith(os.path.join(scipy_dir, "scipy")):
-            return lib
-    return blas.lib_controllers[0] if blas.lib_controllers else None
+    blas = [lib for lib in threadpool_info() if lib["user_api"] == "blas"]
+    # Wheels vendor one BLAS per package: prefer SciPy's own copy.
+    scipy_own = [lib for lib in blas if "scipy" in os.path.basename(
+        os.path.dirname(lib["filepath"]))]
+    if scipy_own:
+        return scipy_own[0]
+    return blas[0] if len(blas) == 1 else None
 
 
-_blas = None
-_blas_looked_up = False
+def _install_blas_thread_control():
+    """Give the kernels OpenBLAS's thread-local thread setter, when present.
 
-
-def _set_blas_threads(n):
-    global _blas, _blas_looked_up
-    if not _blas_looked_up:
-        _blas, _blas_looked_up = _blas_controller(), True
-    if _blas is None:
-        return None
-    previous = _blas.num_threads
-    _blas.set_num_threads(n)
-    return previous
+    With it, every BLAS call fastnn makes uses fastnn's thread budget without
+    changing the BLAS's global setting that NumPy/SciPy users rely on."""
+    lib = _scipy_blas()
+    if lib is None or lib.get("internal_api") != "openblas":
+        return
+    try:
+        dll = ctypes.CDLL(lib["filepath"], mode=getattr(os, "RTLD_NOLOAD", 0) | ctypes.RTLD_GLOBAL)
+        setter = dll.openblas_set_num_threads_local
+    except (OSError, AttributeError):
+        return
+    _kernels.set_blas_threads_local(ctypes.cast(setter, ctypes.c_void_p).value)
 
 
 def set_num_threads(n):
     """Use ``n`` threads in fastnn's kernels and in the BLAS calls they make."""
-    n = _parse_thread_count(n, "n")
-    _kernels.set_threads(n)
-    _set_blas_threads(n)
+    _kernels.set_threads(_parse_thread_count(n, "n"))
 
 
 def get_num_threads():
@@ -97,14 +96,11 @@ def num_threads(n):
     """Context manager: run the block with ``n`` threads, then restore."""
     n = _parse_thread_count(n, "n")
     previous = _kernels.get_threads()
-    previous_blas = _set_blas_threads(n)
     _kernels.set_threads(n)
     try:
         yield n
     finally:
         _kernels.set_threads(previous)
-        if previous_blas is not None:
-            _blas.set_num_threads(previous_blas)
 
 
 def _simd_level():
@@ -156,10 +152,13 @@ def build_info():
                 info["openmp_runtime"] = f"{lib['internal_api']} ({lib['filepath']})"
     except ImportError:
         pass
-    blas = _blas_controller()
+    blas = _scipy_blas()
     if blas is not None:
-        info["blas"] = (f"{blas.internal_api} {blas.version} "
-                        f"({getattr(blas, 'architecture', '?')}, {blas.num_threads} threads)")
+        info["blas"] = (f"{blas['internal_api']} {blas['version']} "
+                        f"({blas.get('architecture', '?')}, {blas['filepath']})")
+    info["blas_thread_control"] = ("thread-local: BLAS runs inside fastnn's OpenMP team"
+                                   if _kernels.has_blas_thread_control()
+                                   else "none: BLAS uses its own threads")
     return info
 
 
@@ -170,3 +169,4 @@ def show_config():
 
 
 _kernels.set_threads(_default_thread_count())
+_install_blas_thread_control()

@@ -29,6 +29,16 @@ cdef enum:
     ROWS_PER_CHUNK = 128
     # Below this many elements an OpenMP fork costs more than it saves.
     MIN_PARALLEL_WORK = 32768
+    # Multiply-adds below which a GEMM is not worth splitting across threads.
+    MIN_PARALLEL_GEMM = 1 << 20
+    # GEMMs split across the team are split by output rows at multiples of
+    # this.  OpenBLAS tiles rows in groups of 3 x its unroll (24 for the
+    # Haswell sgemm kernel, 24 or less for the others), and a row's rounding
+    # depends on its place in that tiling: splitting elsewhere would make
+    # results depend on the thread count.  Every split GEMM runs single-
+    # threaded BLAS, since OpenBLAS's own threading is not bit-reproducible
+    # across thread counts either.
+    GEMM_ROW_ALIGN = 24
 
 # Activation codes shared with functional.py (ACTIVATIONS maps names to them).
 cpdef enum Activation:
@@ -39,6 +49,24 @@ cpdef enum Activation:
     LEAKY_RELU = 4
 
 cdef int _n_threads = 1
+
+# OpenBLAS's openblas_set_num_threads_local(n) -> previous (thread-local).
+# With it every BLAS call fastnn makes runs inside fastnn's own OpenMP team,
+# one single-threaded BLAS call per thread on its block, so the two runtimes
+# never compete for the cores.  NULL (another BLAS): BLAS is called from the
+# calling thread only, with its own threading.
+ctypedef int (*blas_threads_local_t)(int) noexcept nogil
+cdef blas_threads_local_t _blas_threads_local = NULL
+
+
+def set_blas_threads_local(size_t address):
+    """Install the address of openblas_set_num_threads_local (0 to disable)."""
+    global _blas_threads_local
+    _blas_threads_local = <blas_threads_local_t>address
+
+
+def has_blas_thread_control():
+    return _blas_threads_local != NULL
 
 
 def set_threads(int n):
@@ -449,21 +477,68 @@ cdef void _bias_activation_rows(floating* O, const floating* b, Py_ssize_t start
             _activation_forward_range(o, o, 0, n_out, kind, alpha)
 
 
+cdef inline bint _split_gemm(Py_ssize_t macs) noexcept nogil:
+    """Whether a product of ``macs`` multiply-adds is split across the team."""
+    return _blas_threads_local != NULL and _n_threads > 1 and macs >= MIN_PARALLEL_GEMM
+
+
+cdef inline Py_ssize_t _block_start(Py_ssize_t n, int part, int parts) noexcept nogil:
+    """Start of block ``part`` of ``parts`` near-equal blocks of range(n), on a
+    multiple of GEMM_ROW_ALIGN so that each row's result does not depend on
+    the number of blocks (see GEMM_ROW_ALIGN)."""
+    if part >= parts:
+        return n
+    cdef Py_ssize_t start = (n * part) // parts
+    start = (start + GEMM_ROW_ALIGN // 2) // GEMM_ROW_ALIGN * GEMM_ROW_ALIGN
+    return start if start < n else n
+
+
+cdef inline int _blas_single_begin() noexcept nogil:
+    return _blas_threads_local(1) if _blas_threads_local != NULL else 0
+
+
+cdef inline void _blas_single_end(int previous) noexcept nogil:
+    if _blas_threads_local != NULL:
+        _blas_threads_local(previous)
+
+
+cdef void _forward_rows(const floating* A, const floating* W, const floating* b, floating* O,
+                        Py_ssize_t lo, Py_ssize_t hi, Py_ssize_t n_in, Py_ssize_t n_out,
+                        int kind, floating alpha) noexcept nogil:
+    """O[lo:hi] = f(A[lo:hi] W + b): the epilogue runs while the block is in cache."""
+    if hi <= lo:
+        return
+    _gemm(c'N', c'N', <int>n_out, <int>(hi - lo), <int>n_in, 1, W, <int>n_out, A + lo * n_in,
+          <int>n_in, 0, O + lo * n_out, <int>n_out)
+    if b != NULL or kind != IDENTITY:
+        _bias_activation_rows(O, b, lo, hi, n_out, kind, alpha)
+
+
 def dense_forward(const floating[:, ::1] A, const floating[:, ::1] W, const floating[::1] b,
                   floating[:, ::1] out, int kind, double alpha):
-    """out = f(A W + b): sgemm/dgemm, then one fused bias + activation pass."""
+    """out = f(A W + b): GEMM on BLAS, then one fused bias + activation pass.
+
+    Large products are split by rows across the OpenMP team, each thread
+    calling single-threaded BLAS on its block and applying the epilogue to it."""
     cdef Py_ssize_t n = A.shape[0], n_in = A.shape[1], n_out = W.shape[1]
-    cdef Py_ssize_t n_chunks = _n_chunks(n), ch
     cdef const floating* bp = &b[0] if b is not None else NULL
+    cdef const floating* ap = &A[0, 0]
+    cdef const floating* wp = &W[0, 0]
     cdef floating* op = &out[0, 0]
+    cdef int part, parts, previous
     with nogil:
-        _gemm(c'N', c'N', <int>n_out, <int>n, <int>n_in, 1, &W[0, 0], <int>n_out,
-              &A[0, 0], <int>n_in, 0, op, <int>n_out)
-        if bp != NULL or kind != IDENTITY:
-            for ch in prange(n_chunks, schedule="static", num_threads=_n_threads,
-                             use_threads_if=n * n_out >= MIN_PARALLEL_WORK):
-                _bias_activation_rows(op, bp, ch * ROWS_PER_CHUNK, _chunk_stop(ch, n), n_out,
-                                      kind, <floating>alpha)
+        if _split_gemm(n * n_in * n_out):
+            parts = _n_threads
+            for part in prange(parts, schedule="static", num_threads=_n_threads):
+                previous = _blas_single_begin()
+                _forward_rows(ap, wp, bp, op, _block_start(n, part, parts),
+                              _block_start(n, part + 1, parts), n_in, n_out, kind,
+                              <floating>alpha)
+                _blas_single_end(previous)
+        else:
+            previous = _blas_single_begin()
+            _forward_rows(ap, wp, bp, op, 0, n, n_in, n_out, kind, <floating>alpha)
+            _blas_single_end(previous)
 
 
 cdef void _delta_colsum_chunk(const floating* O, const floating* G, floating* D, double* colsum,
@@ -483,18 +558,38 @@ cdef void _delta_colsum_chunk(const floating* O, const floating* G, floating* D,
             colsum[j] += D[i * n_out + j]
 
 
+cdef void _backward_gemms(const floating* A, const floating* W, const floating* D, floating* dA,
+                          floating* dW, Py_ssize_t n, Py_ssize_t n_in, Py_ssize_t n_out,
+                          int part, int parts) noexcept nogil:
+    """Block ``part`` of dW = A^T D (rows of dW) and of dA = D W^T (rows of dA).
+
+    Row-major products are issued as their column-major transposes."""
+    cdef Py_ssize_t lo = _block_start(n_in, part, parts), hi = _block_start(n_in, part + 1, parts)
+    if hi > lo:
+        _gemm(c'N', c'T', <int>n_out, <int>(hi - lo), <int>n, 1, D, <int>n_out, A + lo,
+              <int>n_in, 0, dW + lo * n_out, <int>n_out)
+    if dA == NULL:
+        return
+    lo = _block_start(n, part, parts)
+    hi = _block_start(n, part + 1, parts)
+    if hi > lo:
+        _gemm(c'T', c'N', <int>n_in, <int>(hi - lo), <int>n_out, 1, W, <int>n_out,
+              D + lo * n_out, <int>n_out, 0, dA + lo * n_in, <int>n_in)
+
+
 def dense_backward(const floating[:, ::1] A, const floating[:, ::1] W, const floating[:, ::1] O,
                    const floating[:, ::1] G, floating[:, ::1] delta, floating[:, ::1] dA,
                    floating[:, ::1] dW, floating[::1] db, int kind, double alpha):
     """delta = G * f'(O) fused with db = column sums of delta; then
-    dW = A^T delta and (when dA is given) dA = delta W^T on BLAS.
-    ``delta`` may alias ``G``."""
+    dW = A^T delta and (when dA is given) dA = delta W^T on BLAS, split
+    across the team like dense_forward.  ``delta`` may alias ``G``."""
     cdef Py_ssize_t n = A.shape[0], n_in = A.shape[1], n_out = W.shape[1]
     cdef Py_ssize_t n_chunks = _n_chunks(n), ch, j
     cdef floating* dp = &delta[0, 0]
     cdef floating* dA_p = &dA[0, 0] if dA is not None else NULL
     cdef double* partial = <double*> malloc(n_chunks * n_out * sizeof(double))
     cdef double s
+    cdef int part, parts, previous
     if partial == NULL:
         raise MemoryError()
     with nogil:
@@ -508,13 +603,17 @@ def dense_backward(const floating[:, ::1] A, const floating[:, ::1] W, const flo
             for ch in range(n_chunks):
                 s = s + partial[ch * n_out + j]
             db[j] = <floating>s
-        # dW (n_in x n_out, row-major) = A^T delta  <=>  dW^T = delta^T A (col-major)
-        _gemm(c'N', c'T', <int>n_out, <int>n_in, <int>n, 1, dp, <int>n_out, &A[0, 0],
-              <int>n_in, 0, &dW[0, 0], <int>n_out)
-        if dA_p != NULL:
-            # dA (n x n_in) = delta W^T  <=>  dA^T = W delta^T (col-major)
-            _gemm(c'T', c'N', <int>n_in, <int>n, <int>n_out, 1, &W[0, 0], <int>n_out, dp,
-                  <int>n_out, 0, dA_p, <int>n_in)
+        if _split_gemm(n * n_in * n_out):
+            parts = _n_threads
+            for part in prange(parts, schedule="static", num_threads=_n_threads):
+                previous = _blas_single_begin()
+                _backward_gemms(&A[0, 0], &W[0, 0], dp, dA_p, &dW[0, 0], n, n_in, n_out,
+                                part, parts)
+                _blas_single_end(previous)
+        else:
+            previous = _blas_single_begin()
+            _backward_gemms(&A[0, 0], &W[0, 0], dp, dA_p, &dW[0, 0], n, n_in, n_out, 0, 1)
+            _blas_single_end(previous)
     free(partial)
 
 
