@@ -233,24 +233,38 @@ def activation_backward(const floating[::1] o, const floating[::1] g, floating[:
 # ---------------------------------------------------------------------------
 # softmax
 # ---------------------------------------------------------------------------
+cdef extern from "fastnn_simd.h" nogil:
+    float fastnn_exp_shifted_sum_f(const float* z, float* e, Py_ssize_t c, float m)
+    double fastnn_exp_shifted_sum_d(const double* z, double* e, Py_ssize_t c, double m)
+    float fastnn_max_f(const float* z, Py_ssize_t c)
+    double fastnn_max_d(const double* z, Py_ssize_t c)
+    float fastnn_dot_f(const float* x, const float* y, Py_ssize_t n)
+    double fastnn_dot_d(const double* x, const double* y, Py_ssize_t n)
+
+
 cdef inline floating _row_max(const floating* z, Py_ssize_t c) noexcept nogil:
-    cdef floating m = z[0]
-    cdef Py_ssize_t k
-    for k in range(1, c):
-        m = z[k] if z[k] > m else m
-    return m
+    if floating is float:
+        return fastnn_max_f(z, c)
+    else:
+        return fastnn_max_d(z, c)
 
 
-cdef floating _exp_shifted(const floating* z, floating* e, Py_ssize_t c, floating m) noexcept nogil:
-    """e = exp(z - m); returns the sum.  NaN in z, m = +inf or m = -inf (an
-    all -inf row) make the sum NaN, which is how the NaN-row policy arises
-    without a branch."""
-    cdef floating s = 0
-    cdef Py_ssize_t k
-    for k in range(c):
-        e[k] = _exp(z[k] - m)
-        s += e[k]
-    return s
+cdef inline floating _exp_shifted(const floating* z, floating* e, Py_ssize_t c,
+                                  floating m) noexcept nogil:
+    """e = exp(z - m) (``e`` may be NULL); returns the sum.  NaN in z, m = +inf
+    or m = -inf (an all -inf row) make the sum NaN, which is how the NaN-row
+    policy arises without a branch."""
+    if floating is float:
+        return fastnn_exp_shifted_sum_f(z, e, c, m)
+    else:
+        return fastnn_exp_shifted_sum_d(z, e, c, m)
+
+
+cdef inline floating _dot(const floating* x, const floating* y, Py_ssize_t n) noexcept nogil:
+    if floating is float:
+        return fastnn_dot_f(x, y, n)
+    else:
+        return fastnn_dot_d(x, y, n)
 
 
 cdef void _softmax_row(const floating* z, floating* out, Py_ssize_t c, bint take_log) noexcept nogil:
@@ -258,8 +272,7 @@ cdef void _softmax_row(const floating* z, floating* out, Py_ssize_t c, bint take
     cdef floating m = _row_max(z, c), s = 0, inv, shift
     cdef Py_ssize_t k
     if take_log:
-        for k in range(c):
-            s += _exp(z[k] - m)
+        s = _exp_shifted(z, <floating*>NULL, c, m)
         shift = m + _log(s)
         for k in range(c):
             out[k] = z[k] - shift
@@ -626,16 +639,12 @@ cdef double _logistic_chunk(const floating* X, const floating* w, double b, cons
     """Accumulates sum_i w_i r_i x_i into gw[0:d] and sum_i w_i r_i into
     gw[d]; returns sum_i w_i l_i."""
     cdef double total = 0, wi, r, z, t
-    cdef floating dot
     cdef const floating* x
     cdef Py_ssize_t i, j
     memset(gw, 0, (d + 1) * sizeof(double))
     for i in range(start, stop):
         x = X + i * d
-        dot = 0
-        for j in range(d):
-            dot = dot + x[j] * w[j]
-        z = dot + b
+        z = _dot(x, w, d) + b
         t = T[i]
         wi = sw[i] if sw != NULL else 1
         total += wi * ((z if z > 0 else 0) - t * z + log1p(exp(-fabs(z))))
@@ -734,3 +743,9 @@ def adam_step(floating[::1] p, const floating[::1] g, floating[::1] m, floating[
         mp[i] = mi
         vp[i] = vi
         pp[i] = _l1_clip(theta, theta - flr * mi / (_sqrt(vi) + feps), fl1)
+
+
+def exp_f32(const float[::1] x, float[::1] out):
+    """out = exp(x) through the (vectorised, CPU-dispatched) float32 exp loop
+    of the softmax kernels; exposed for its accuracy test."""
+    fastnn_exp_shifted_sum_f(&x[0], &out[0], x.shape[0], 0)

@@ -1,0 +1,730 @@
+"""Layers, losses and a minimal training loop over fastnn's compiled kernels.
+
+Every numeric operation goes through :mod:`fastnn.functional`; this module
+only chains the kernels and owns their buffers.
+
+Conventions
+-----------
+- Data are row-major batches, one sample a row; ``Dense`` weights are
+  ``(n_in, n_out)``.
+- ``forward(X)`` stores what ``backward`` needs (a reference to ``X`` and the
+  layer's output) — do not modify ``X`` between the two calls.
+- ``backward(grad)`` **sets** (does not accumulate) each parameter's ``.grad``
+  and returns the gradient with respect to the layer input (or ``None`` when
+  ``need_input_grad=False``).
+- **Buffer reuse.**  In training mode (the default) every layer keeps its
+  output, delta, input-gradient and dropout-mask arrays per input shape and
+  reuses them, so once a model has seen a batch size a training step
+  (forward, loss, backward, optimiser step) allocates no new arrays.  The
+  arrays returned by ``forward``/``backward`` and by ``Loss.backward`` are
+  therefore *overwritten by the next call with the same batch size*: copy
+  them if you keep them.  In eval mode (``model.eval()``) every call returns
+  fresh arrays and nothing is cached (inference results are safe to keep).
+  At most four shapes per buffer are kept (least recently used dropped);
+  ``release_buffers()`` frees them.
+- ``backward(grad, overwrite_grad=True)`` allows the layer to use ``grad``
+  as scratch space (``Sequential`` passes it for the buffers its own layers
+  returned); by default the caller's ``grad`` is never modified.
+"""
+import math
+import numbers
+from collections import OrderedDict
+
+import numpy as np
+
+from . import functional as F
+from . import init as _init
+
+__all__ = [
+    "BinaryCrossEntropyWithLogits",
+    "Dense",
+    "Dropout",
+    "Identity",
+    "LeakyReLU",
+    "Loss",
+    "MSELoss",
+    "Module",
+    "Parameter",
+    "ReLU",
+    "Sequential",
+    "Sigmoid",
+    "SoftmaxCrossEntropy",
+    "Tanh",
+    "fit",
+    "train_step",
+]
+
+_FLOAT32 = np.dtype(np.float32)
+_FLOAT64 = np.dtype(np.float64)
+_MAX_SHAPES_PER_BUFFER = 4
+
+
+def _float_dtype(dtype, name="dtype"):
+    dt = np.dtype(dtype)
+    if dt not in (_FLOAT32, _FLOAT64):
+        raise TypeError(f"{name} must be float32 or float64, got {dt}")
+    return dt
+
+
+def _compute_dtype(x):
+    """The kernels' compute dtype for a primary array (docs/API.md)."""
+    return _FLOAT32 if x.dtype == _FLOAT32 else _FLOAT64
+
+
+def _writable_like(grad, like):
+    """True when ``grad`` can serve as an in-place buffer shaped like ``like``."""
+    return (isinstance(grad, np.ndarray) and grad.dtype == like.dtype
+            and grad.shape == like.shape and grad.flags.c_contiguous
+            and grad.flags.writeable)
+
+
+def _check_grad_shape(grad, expected, owner):
+    if grad.shape != expected:
+        raise ValueError(f"{owner}.backward: grad must have the shape of the layer output "
+                         f"{expected}, got {grad.shape}")
+
+
+class _Workspace:
+    """Arrays kept per (role, shape, dtype) and reused across calls.
+
+    At most ``_MAX_SHAPES_PER_BUFFER`` shapes per role are kept, the least
+    recently used one is dropped (a training loop sees one or two batch sizes)."""
+
+    __slots__ = ("_arrays",)
+
+    def __init__(self):
+        self._arrays = OrderedDict()
+
+    def get(self, role, shape, dtype):
+        key = (role, shape, dtype)
+        arr = self._arrays.get(key)
+        if arr is not None:
+            self._arrays.move_to_end(key)
+            return arr
+        arr = np.empty(shape, dtype)
+        self._arrays[key] = arr
+        same_role = [k for k in self._arrays if k[0] == role]
+        if len(same_role) > _MAX_SHAPES_PER_BUFFER:
+            del self._arrays[same_role[0]]
+        return arr
+
+    def clear(self):
+        self._arrays.clear()
+
+    def nbytes(self):
+        return sum(a.nbytes for a in self._arrays.values())
+
+
+# ---------------------------------------------------------------------------
+# parameters and modules
+# ---------------------------------------------------------------------------
+class Parameter:
+    """A trainable array: ``data`` (updated in place by the optimisers),
+    ``grad`` (same shape and dtype, set by ``backward``), a ``name`` and
+    ``regularize`` (True for weights; biases are exempt from L2/L1 decay)."""
+
+    __slots__ = ("data", "grad", "name", "regularize")
+
+    def __init__(self, data, name="", regularize=True):
+        if not isinstance(data, np.ndarray):
+            raise TypeError(f"Parameter data must be a numpy.ndarray, got {type(data).__name__}")
+        _float_dtype(data.dtype, "Parameter data dtype")
+        if data.size == 0:
+            raise ValueError(f"Parameter data must not be empty, got shape {data.shape}")
+        self.data = np.ascontiguousarray(data)
+        self.grad = np.zeros_like(self.data)
+        self.name = str(name)
+        self.regularize = bool(regularize)
+
+    @property
+    def shape(self):
+        return self.data.shape
+
+    @property
+    def dtype(self):
+        return self.data.dtype
+
+    @property
+    def size(self):
+        return self.data.size
+
+    def __repr__(self):
+        return (f"Parameter(name={self.name!r}, shape={self.data.shape}, "
+                f"dtype={self.data.dtype}, regularize={self.regularize})")
+
+
+class Module:
+    """Base class of layers and models.
+
+    Subclasses implement ``forward(X)`` and
+    ``backward(grad, *, need_input_grad=True, overwrite_grad=False)``, and
+    ``named_parameters()`` if they own parameters, and must call
+    ``super().__init__()``."""
+
+    def __init__(self):
+        self.training = True
+        self._workspace = _Workspace()
+
+    # -- computation ---------------------------------------------------------
+    def forward(self, X):
+        raise NotImplementedError
+
+    def backward(self, grad, *, need_input_grad=True, overwrite_grad=False):
+        """Gradient w.r.t. the input of the last ``forward`` (None when
+        ``need_input_grad`` is False); sets the parameters' ``.grad``."""
+        raise NotImplementedError
+
+    def __call__(self, X):
+        return self.forward(X)
+
+    # -- parameters and state ------------------------------------------------
+    def named_parameters(self):
+        """``[(qualified_name, Parameter)]``; in a Sequential the names are
+        prefixed with the layer index ("0.weight", "1.bias", ...)."""
+        return []
+
+    def parameters(self):
+        return [p for _, p in self.named_parameters()]
+
+    def state_dict(self):
+        """``{qualified_name: copy of the parameter data}`` (plain arrays, so
+        ``numpy.savez(path, **model.state_dict())`` saves without pickle)."""
+        return {name: p.data.copy() for name, p in self.named_parameters()}
+
+    def load_state_dict(self, state):
+        """Copy arrays from ``state`` into the parameters, in place.  Keys and
+        shapes must match exactly; values are cast to the parameter dtype."""
+        named = dict(self.named_parameters())
+        missing = sorted(set(named) - set(state))
+        unexpected = sorted(set(state) - set(named))
+        if missing or unexpected:
+            raise KeyError(f"load_state_dict: missing keys {missing}, unexpected keys {unexpected}")
+        for name, p in named.items():
+            value = np.asarray(state[name])
+            if value.shape != p.data.shape:
+                raise ValueError(f"load_state_dict: {name!r} has shape {value.shape}, "
+                                 f"the parameter has {p.data.shape}")
+            np.copyto(p.data, value, casting="same_kind")
+
+    # -- modes and buffers ---------------------------------------------------
+    def train(self, mode=True):
+        self.training = bool(mode)
+        return self
+
+    def eval(self):
+        return self.train(False)
+
+    def release_buffers(self):
+        """Free the cached training buffers (they are re-created on demand)."""
+        self._workspace.clear()
+
+    def _buffer(self, role, shape, dtype):
+        """A reused array in training mode, a fresh one in eval mode."""
+        if self.training:
+            return self._workspace.get(role, shape, dtype)
+        return np.empty(shape, dtype)
+
+    def _scratch_grad(self, grad, like, overwrite_grad):
+        """Where to write this layer's input gradient: ``grad`` itself when
+        the caller allows it and it fits, else this layer's own buffer."""
+        if overwrite_grad and _writable_like(grad, like):
+            return grad
+        return self._buffer("grad_input", like.shape, like.dtype)
+
+    def _require_forward(self, attr="_output"):
+        value = getattr(self, attr, None)
+        if value is None:
+            raise RuntimeError(f"{type(self).__name__}.backward called before forward")
+        return value
+
+
+# ---------------------------------------------------------------------------
+# layers
+# ---------------------------------------------------------------------------
+def _check_activation(activation, alpha):
+    if activation not in F.ACTIVATIONS:
+        raise ValueError(f"activation must be one of {sorted(F.ACTIVATIONS)}, got {activation!r}")
+    if (not isinstance(alpha, numbers.Real) or isinstance(alpha, bool)
+            or not math.isfinite(alpha) or alpha <= 0):
+        raise ValueError(f"alpha (the leaky_relu slope) must be a finite number > 0, got {alpha!r}")
+    return float(alpha)
+
+
+def _check_size(value, name):
+    if not isinstance(value, numbers.Integral) or isinstance(value, bool) or value < 1:
+        raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    return int(value)
+
+
+class Dense(Module):
+    """Fully connected layer ``O = f(X W + b)``, W of shape (n_in, n_out).
+
+    The product, bias and activation run in one fused kernel
+    (``F.dense_forward``); the backward pass (delta, dW, db, dX) in one call
+    of ``F.dense_backward``.
+
+    ``init``: a name from ``fastnn.init.INITIALIZERS`` or a callable
+    ``init(shape, rng=..., dtype=...)``.  Default (``None``): scikit-learn's
+    MLP initialisation, U(-b, b) with b = sqrt(f / (n_in + n_out)), f = 2 for
+    sigmoid and 6 otherwise (``fastnn.init.sklearn_uniform``).  Biases start
+    at 0 (scikit-learn also draws them from U(-b, b); set ``bias.data`` to
+    reproduce that).  ``alpha`` is the leaky_relu slope.
+    """
+
+    def __init__(self, n_in, n_out, activation="identity", *, alpha=0.01, init=None,
+                 bias=True, dtype=np.float32, rng=None):
+        super().__init__()
+        self.n_in = _check_size(n_in, "n_in")
+        self.n_out = _check_size(n_out, "n_out")
+        self.alpha = _check_activation(activation, alpha)
+        self.activation = activation
+        self.dtype = _float_dtype(dtype)
+        make_weight = _init.get("sklearn_uniform" if init is None else init, activation, alpha)
+        shape = (self.n_in, self.n_out)
+        W = np.asarray(make_weight(shape, rng=_init.as_generator(rng), dtype=self.dtype))
+        if W.shape != shape:
+            raise ValueError(f"init returned an array of shape {W.shape}, expected {shape}")
+        self.weight = Parameter(np.array(W, dtype=self.dtype, order="C"), "weight", True)
+        self.bias = Parameter(np.zeros(self.n_out, self.dtype), "bias", False) if bias else None
+        self._input = self._output = None
+
+    def named_parameters(self):
+        params = [("weight", self.weight)]
+        if self.bias is not None:
+            params.append(("bias", self.bias))
+        return params
+
+    def forward(self, X):
+        X = np.asarray(X)
+        if X.ndim != 2 or X.shape[1] != self.n_in:
+            raise ValueError(f"Dense(n_in={self.n_in}) expects X of shape (N, {self.n_in}), "
+                             f"got {X.shape}")
+        out = self._buffer("output", (X.shape[0], self.n_out), self.dtype)
+        F.dense_forward(X, self.weight.data, None if self.bias is None else self.bias.data,
+                        self.activation, alpha=self.alpha, out=out)
+        self._input, self._output = X, out
+        return out
+
+    def backward(self, grad, *, need_input_grad=True, overwrite_grad=False):
+        O = self._require_forward()
+        grad = np.asarray(grad)
+        _check_grad_shape(grad, O.shape, "Dense")
+        # the kernel stores delta in its grad_out argument: give it a buffer
+        # we may overwrite (the caller's only when allowed)
+        if overwrite_grad and _writable_like(grad, O):
+            delta = grad
+        else:
+            delta = self._buffer("delta", O.shape, self.dtype)
+            np.copyto(delta, grad, casting="same_kind")
+        d_input = self._buffer("grad_input", self._input.shape, self.dtype) if need_input_grad else None
+        # a bias-free layer still gets db from the kernel: send it to scratch
+        d_bias = self.bias.grad if self.bias is not None else self._buffer("bias_grad", (self.n_out,),
+                                                                           self.dtype)
+        F.dense_backward(self._input, self.weight.data, O, delta, self.activation, alpha=self.alpha,
+                         need_input_grad=need_input_grad, out=(d_input, self.weight.grad, d_bias),
+                         overwrite_grad_out=True)
+        return d_input
+
+    def __repr__(self):
+        return (f"Dense({self.n_in}, {self.n_out}, activation={self.activation!r}, "
+                f"bias={self.bias is not None}, dtype={self.dtype})")
+
+
+class _Activation(Module):
+    """Elementwise activation layer (``F.activation_forward``/``backward``);
+    backward uses the stored output, not the input (MATH.md §2)."""
+
+    activation = "identity"
+
+    def __init__(self, alpha=0.01):
+        super().__init__()
+        self.alpha = _check_activation(self.activation, alpha)
+        self._output = None
+
+    def forward(self, X):
+        X = np.asarray(X)
+        out = self._buffer("output", X.shape, _compute_dtype(X))
+        F.activation_forward(X, self.activation, alpha=self.alpha, out=out)
+        self._output = out
+        return out
+
+    def backward(self, grad, *, need_input_grad=True, overwrite_grad=False):
+        O = self._require_forward()
+        if not need_input_grad:
+            return None
+        grad = np.asarray(grad)
+        _check_grad_shape(grad, O.shape, type(self).__name__)
+        out = self._scratch_grad(grad, O, overwrite_grad)
+        return F.activation_backward(O, grad, self.activation, alpha=self.alpha, out=out)
+
+    def __repr__(self):
+        return f"{type(self).__name__}()"
+
+
+class Identity(Module):
+    """Returns its input unchanged (no copy); backward returns ``grad`` itself."""
+
+    def forward(self, X):
+        return X
+
+    def backward(self, grad, *, need_input_grad=True, overwrite_grad=False):
+        return grad if need_input_grad else None
+
+    def __repr__(self):
+        return "Identity()"
+
+
+class Sigmoid(_Activation):
+    """Logistic sigmoid, computed stably for any input."""
+    activation = "sigmoid"
+
+    def __init__(self):
+        super().__init__()
+
+
+class Tanh(_Activation):
+    activation = "tanh"
+
+    def __init__(self):
+        super().__init__()
+
+
+class ReLU(_Activation):
+    """max(0, x); the derivative at 0 is taken as 0."""
+    activation = "relu"
+
+    def __init__(self):
+        super().__init__()
+
+
+class LeakyReLU(_Activation):
+    """x for x >= 0, alpha·x below (alpha > 0)."""
+    activation = "leaky_relu"
+
+    def __init__(self, alpha=0.01):
+        super().__init__(alpha)
+
+    def __repr__(self):
+        return f"LeakyReLU(alpha={self.alpha})"
+
+
+class Dropout(Module):
+    """Inverted dropout: in training mode each entry is zeroed with
+    probability ``p`` and the kept ones are scaled by 1/(1-p), so the expected
+    output equals the input; in eval mode (or with p = 0) the input is
+    returned unchanged.  The mask of the last forward is reused by backward.
+    ``rng``: Generator, int seed or None."""
+
+    def __init__(self, p=0.5, rng=None):
+        super().__init__()
+        if (not isinstance(p, numbers.Real) or isinstance(p, bool) or not math.isfinite(p)
+                or not 0 <= p < 1):
+            raise ValueError(f"p (the drop probability) must be in [0, 1), got {p!r}")
+        self.p = float(p)
+        self.rng = _init.as_generator(rng)
+        self._mask = None
+        self._output = None
+
+    def forward(self, X):
+        X = np.asarray(X)
+        if not self.training or self.p == 0.0:
+            self._mask, self._output = None, X
+            return X
+        dtype = _compute_dtype(X)
+        mask = self._buffer("mask", X.shape, dtype)
+        # mask = scale where u > p else 0, built in place without temporaries:
+        # u - p > 0 exactly when u > p, so ceil(u - p) is 1 or 0 for u in [0, 1)
+        self.rng.random(out=mask, dtype=dtype)
+        np.subtract(mask, self.p, out=mask)
+        np.ceil(mask, out=mask)
+        np.multiply(mask, 1.0 / (1.0 - self.p), out=mask)
+        out = self._buffer("output", X.shape, dtype)
+        np.multiply(X, mask, out=out)
+        self._mask, self._output = mask, out
+        return out
+
+    def backward(self, grad, *, need_input_grad=True, overwrite_grad=False):
+        O = self._require_forward()
+        if not need_input_grad:
+            return None
+        if self._mask is None:
+            return grad
+        grad = np.asarray(grad)
+        _check_grad_shape(grad, O.shape, "Dropout")
+        out = self._scratch_grad(grad, O, overwrite_grad)
+        np.multiply(grad, self._mask, out=out)
+        return out
+
+    def __repr__(self):
+        return f"Dropout(p={self.p})"
+
+
+class Sequential(Module):
+    """Layers applied in order.  ``backward`` runs them in reverse and stops
+    below the lowest layer that has parameters: by default the gradient with
+    respect to the model input is not computed and ``None`` is returned (pass
+    ``need_input_grad=True`` to get it)."""
+
+    def __init__(self, *layers):
+        super().__init__()
+        for i, layer in enumerate(layers):
+            if not isinstance(layer, Module):
+                raise TypeError(f"Sequential: layer {i} must be a fastnn.nn.Module, "
+                                f"got {type(layer).__name__}")
+        self.layers = tuple(layers)
+        # layer i must pass a gradient down iff a layer below it trains
+        self._params_below = []
+        seen = False
+        for layer in self.layers:
+            self._params_below.append(seen)
+            seen = seen or bool(layer.parameters())
+
+    def forward(self, X):
+        for layer in self.layers:
+            X = layer.forward(X)
+        return X
+
+    def backward(self, grad, *, need_input_grad=False, overwrite_grad=False):
+        overwrite = overwrite_grad
+        for i in range(len(self.layers) - 1, -1, -1):
+            need = need_input_grad or self._params_below[i]
+            new_grad = self.layers[i].backward(grad, need_input_grad=need, overwrite_grad=overwrite)
+            if not need:
+                return None
+            # a buffer a layer returned is not needed once passed down
+            if new_grad is not grad:
+                overwrite = True
+            grad = new_grad
+        return grad
+
+    def named_parameters(self):
+        return [(f"{i}.{name}", p) for i, layer in enumerate(self.layers)
+                for name, p in layer.named_parameters()]
+
+    def train(self, mode=True):
+        for layer in self.layers:
+            layer.train(mode)
+        return super().train(mode)
+
+    def release_buffers(self):
+        for layer in self.layers:
+            layer.release_buffers()
+        super().release_buffers()
+
+    def __getitem__(self, index):
+        if isinstance(index, slice):
+            return Sequential(*self.layers[index])
+        return self.layers[index]
+
+    def __len__(self):
+        return len(self.layers)
+
+    def __iter__(self):
+        return iter(self.layers)
+
+    def __repr__(self):
+        inner = "".join(f"\n  ({i}): {layer!r}" for i, layer in enumerate(self.layers))
+        return f"Sequential({inner}\n)"
+
+
+# ---------------------------------------------------------------------------
+# losses
+# ---------------------------------------------------------------------------
+class Loss:
+    """``value = loss.forward(output, target, sample_weight=None)`` returns the
+    (weighted) mean loss as a float and keeps its gradient; ``backward()``
+    returns that gradient w.r.t. ``output``, in a buffer owned by the loss and
+    overwritten by the next ``forward`` with the same output shape."""
+
+    def __init__(self):
+        self._workspace = _Workspace()
+        self._grad = None
+
+    def __call__(self, output, target, sample_weight=None):
+        return self.forward(output, target, sample_weight)
+
+    def forward(self, output, target, sample_weight=None):
+        output = np.asarray(output)
+        out = self._workspace.get("grad", output.shape, _compute_dtype(output))
+        value, self._grad = self._kernel(output, np.asarray(target), sample_weight, out)
+        return value
+
+    def backward(self):
+        if self._grad is None:
+            raise RuntimeError(f"{type(self).__name__}.backward called before forward")
+        return self._grad
+
+    def release_buffers(self):
+        self._workspace.clear()
+        self._grad = None
+
+    def _kernel(self, output, target, sample_weight, out):
+        raise NotImplementedError
+
+    def __repr__(self):
+        return f"{type(self).__name__}()"
+
+
+def _column_target(output, target):
+    """A 1-D target for an (N, 1) output is read as (N, 1) (a view)."""
+    if output.ndim == 2 and output.shape[1] == 1 and target.ndim == 1:
+        return target.reshape(-1, 1)
+    return target
+
+
+class SoftmaxCrossEntropy(Loss):
+    """Softmax + cross-entropy on logits (N, C).  Targets: class indices (N,)
+    or probability rows (N, C); ``label_smoothing`` ε in [0, 1) replaces a
+    target row y by (1-ε)·y + ε/C."""
+
+    def __init__(self, label_smoothing=0.0):
+        super().__init__()
+        if (not isinstance(label_smoothing, numbers.Real) or isinstance(label_smoothing, bool)
+                or not 0 <= label_smoothing < 1):
+            raise ValueError(f"label_smoothing must be in [0, 1), got {label_smoothing!r}")
+        self.label_smoothing = float(label_smoothing)
+
+    def _kernel(self, output, target, sample_weight, out):
+        return F.softmax_cross_entropy(output, target, sample_weight=sample_weight,
+                                       label_smoothing=self.label_smoothing, out=out)
+
+    def __repr__(self):
+        return f"SoftmaxCrossEntropy(label_smoothing={self.label_smoothing})"
+
+
+class BinaryCrossEntropyWithLogits(Loss):
+    """Sigmoid + binary cross-entropy on logits (N,) or (N, K), targets in
+    [0, 1] of the same shape (a 1-D target is accepted for an (N, 1) output).
+    The per-sample loss sums the K outputs; the batch loss is their mean
+    (scikit-learn's multilabel convention)."""
+
+    def _kernel(self, output, target, sample_weight, out):
+        return F.binary_cross_entropy_with_logits(output, _column_target(output, target),
+                                                  sample_weight=sample_weight, out=out)
+
+
+class MSELoss(Loss):
+    """Squared error with the ½ convention: per-sample ½·Σ_k (o_k − y_k)²,
+    averaged over samples (a 1-D target is accepted for an (N, 1) output)."""
+
+    def _kernel(self, output, target, sample_weight, out):
+        return F.mse_loss(output, _column_target(output, target), sample_weight=sample_weight,
+                          out=out)
+
+
+# ---------------------------------------------------------------------------
+# training
+# ---------------------------------------------------------------------------
+def train_step(model, loss, optimizer, X, y, sample_weight=None):
+    """One step: forward, loss, backward, optimiser update.  Returns the
+    batch loss.  Allocation-free after warm-up when X (and float targets and
+    weights) already have the model dtype and integer labels are int64."""
+    value = loss.forward(model.forward(X), y, sample_weight)
+    model.backward(loss.backward(), need_input_grad=False)
+    optimizer.step()
+    return value
+
+
+def _model_dtype(model, X):
+    params = model.parameters()
+    if params:
+        return params[0].dtype
+    return _compute_dtype(np.asarray(X))
+
+
+def _call_epoch_end(callback, epoch, value):
+    hook = getattr(callback, "epoch_end", None)
+    if hook is not None:
+        return hook(value)
+    if callable(callback):
+        return callback(epoch, value)
+    raise TypeError(f"callbacks must have an epoch_end(loss) method or be callable(epoch, loss), "
+                    f"got {type(callback).__name__}")
+
+
+def fit(model, loss, optimizer, X, y, *, epochs, batch_size, shuffle=True, rng=None,
+        sample_weight=None, callbacks=None):
+    """Minibatch training; returns the list of epoch losses.
+
+    Each epoch visits every sample once, in an order shuffled by ``rng``
+    (Generator, int seed or None) when ``shuffle``; the last batch may be
+    smaller.  Batches are gathered into buffers allocated once
+    (``np.take(..., out=)``), not fancy-indexed copies; X (and float targets,
+    weights) are converted once to the model dtype, integer class labels to
+    int64.  The epoch loss is the (weighted) mean of the sample losses, each
+    taken when its batch was trained on (as scikit-learn's ``loss_curve_``).
+
+    ``callbacks``: objects with ``epoch_end(loss)`` (and optionally
+    ``batch_end(n_samples)``), e.g. the learning-rate schedules of
+    ``fastnn.optim``, or callables ``f(epoch, loss)``.  Training stops after
+    an epoch for which any callback returns True.  The model is put in
+    training mode and its previous mode restored at the end.
+    """
+    epochs = _check_size(epochs, "epochs")
+    batch_size = _check_size(batch_size, "batch_size")
+    dtype = _model_dtype(model, X)
+    X = np.ascontiguousarray(X, dtype=dtype)
+    if X.ndim < 1 or X.shape[0] == 0:
+        raise ValueError(f"X must hold at least one sample, got shape {X.shape}")
+    n = X.shape[0]
+    y = np.asarray(y)
+    if y.ndim < 1 or y.shape[0] != n:
+        raise ValueError(f"y must have one row per sample of X ({n}), got shape {y.shape}")
+    if isinstance(loss, SoftmaxCrossEntropy) and y.ndim == 1:
+        # class indices: int64 is what the kernel reads; float labels are left
+        # as they are for the kernel to check (a cast would truncate 0.5 to 0)
+        y = np.ascontiguousarray(y, dtype=np.int64 if y.dtype.kind in "iub" else None)
+    else:
+        y = np.ascontiguousarray(y, dtype=dtype)
+    if sample_weight is not None:
+        sample_weight = np.ascontiguousarray(sample_weight, dtype=dtype)
+        if sample_weight.shape != (n,):
+            raise ValueError(f"sample_weight must have shape ({n},), got {sample_weight.shape}")
+    callbacks = list(callbacks or [])
+    batch_hooks = [cb.batch_end for cb in callbacks if hasattr(cb, "batch_end")]
+    rng = _init.as_generator(rng)
+    batch_size = min(batch_size, n)
+
+    order = np.arange(n)
+    if shuffle:
+        X_buf = np.empty((batch_size,) + X.shape[1:], dtype)
+        y_buf = np.empty((batch_size,) + y.shape[1:], y.dtype)
+        w_buf = None if sample_weight is None else np.empty(batch_size, dtype)
+
+    history = []
+    was_training = model.training
+    model.train()
+    try:
+        for epoch in range(epochs):
+            if shuffle:
+                rng.shuffle(order)
+            loss_sum = weight_sum = 0.0
+            for start in range(0, n, batch_size):
+                stop = min(start + batch_size, n)
+                m = stop - start
+                if shuffle:
+                    idx = order[start:stop]
+                    # mode="clip": the indices are valid, and "raise" would buffer the output
+                    xb = np.take(X, idx, axis=0, out=X_buf[:m], mode="clip")
+                    yb = np.take(y, idx, axis=0, out=y_buf[:m], mode="clip")
+                    wb = (None if sample_weight is None
+                          else np.take(sample_weight, idx, out=w_buf[:m], mode="clip"))
+                else:  # contiguous row slices are views: no gathering needed
+                    xb, yb = X[start:stop], y[start:stop]
+                    wb = None if sample_weight is None else sample_weight[start:stop]
+                value = train_step(model, loss, optimizer, xb, yb, wb)
+                weight = m if wb is None else float(wb.sum(dtype=np.float64))
+                loss_sum += value * weight
+                weight_sum += weight
+                for hook in batch_hooks:
+                    hook(m)
+            epoch_loss = loss_sum / weight_sum if weight_sum > 0 else float("nan")
+            history.append(epoch_loss)
+            stop_requested = False
+            for cb in callbacks:
+                stop_requested = bool(_call_epoch_end(cb, epoch, epoch_loss)) or stop_requested
+            if stop_requested:
+                break
+    finally:
+        model.train(was_training)
+    return history

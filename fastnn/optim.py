@@ -1,0 +1,403 @@
+"""Optimisers and learning-rate schedules.
+
+Each ``step()`` makes one call of a fused compiled kernel per parameter
+array (``F.sgd_step`` / ``F.adam_step``, docs/API.md), updating
+``Parameter.data`` in place from ``Parameter.grad``.  L2 (``weight_decay``)
+and L1 (``l1``) apply only to parameters with ``regularize=True``: biases
+are exempt.  Optimiser state (velocities, moments) is allocated once.
+
+Conventions follow scikit-learn's MLP optimisers:
+
+- SGD: v ← momentum·v − lr·g'; update v, or with Nesterov momentum·v − lr·g';
+  g' = grad + weight_decay·θ + l1·sign(θ) (coupled decay); L1 clips a weight
+  at zero instead of flipping its sign.  Note that scikit-learn's ``alpha``
+  enters the gradient as alpha·θ / batch_size: pass that as ``weight_decay``.
+- Adam: bias-corrected step size lr·sqrt(1−β2^t)/(1−β1^t), eps added to
+  sqrt(v) *after* the correction (scikit-learn's form); ``weight_decay`` is
+  coupled L2.  AdamW: ``weight_decay`` is decoupled, θ ← θ − lr·wd·θ before
+  the Adam update.
+
+Schedules (``ConstantLR``, ``InverseScalingLR``, ``StepLR``,
+``ExponentialLR``, ``AdaptiveLR``) take the optimiser as first argument,
+read its ``lr`` as the initial rate (or set it from ``lr0``) and set
+``optimizer.lr``.  Call ``batch_end(n_samples)`` after each step and
+``epoch_end(loss)`` after each epoch (``fastnn.nn.fit`` does both when the
+schedule is passed in ``callbacks``); ``epoch_end`` returns True when the
+schedule asks to stop training (only ``AdaptiveLR`` does).
+"""
+import math
+import numbers
+
+import numpy as np
+
+from . import functional as F
+from .nn import Parameter
+
+__all__ = [
+    "SGD",
+    "Adam",
+    "AdamW",
+    "AdaptiveLR",
+    "ConstantLR",
+    "ExponentialLR",
+    "InverseScalingLR",
+    "LRSchedule",
+    "Optimizer",
+    "StepLR",
+]
+
+
+def _real(value, name, low=0.0, high=math.inf, high_open=False, low_open=False):
+    if (not isinstance(value, numbers.Real) or isinstance(value, bool) or not math.isfinite(value)
+            or value < low or value > high or (high_open and value == high)
+            or (low_open and value == low)):
+        bound = ("(" if low_open else "[") + f"{low}, {high}" + (")" if high_open else "]")
+        raise ValueError(f"{name} must be a finite number in {bound}, got {value!r}")
+    return float(value)
+
+
+def _scalar(state, key):
+    try:
+        return np.asarray(state[key]).item()
+    except KeyError:
+        raise KeyError(f"load_state_dict: missing key {key!r}") from None
+
+
+def _load_arrays(state, prefix, targets):
+    for i, target in enumerate(targets):
+        key = f"{prefix}.{i}"
+        if key not in state:
+            raise KeyError(f"load_state_dict: missing key {key!r}")
+        value = np.asarray(state[key])
+        if value.shape != target.shape:
+            raise ValueError(f"load_state_dict: {key!r} has shape {value.shape}, "
+                             f"expected {target.shape}")
+        np.copyto(target, value, casting="same_kind")
+
+
+class Optimizer:
+    """Base class: holds the parameter list and the learning rate ``lr``
+    (settable; the schedules set it)."""
+
+    _hyperparameters = ()  # names saved in state_dict besides lr and steps
+
+    def __init__(self, params, lr):
+        params = list(params)
+        if not params:
+            raise ValueError("params must contain at least one Parameter")
+        seen = set()
+        for i, p in enumerate(params):
+            if not isinstance(p, Parameter):
+                raise TypeError(f"params[{i}] must be a fastnn.nn.Parameter, got {type(p).__name__}")
+            if id(p) in seen:
+                raise ValueError(f"params[{i}] ({p.name!r}) appears twice")
+            seen.add(id(p))
+        self.params = params
+        self.lr = lr
+        self.steps = 0  # updates made so far
+
+    @property
+    def lr(self):
+        return self._lr
+
+    @lr.setter
+    def lr(self, value):
+        self._lr = _real(value, "lr")
+
+    def step(self):
+        raise NotImplementedError
+
+    def zero_grad(self):
+        """Set every gradient to 0 (not needed with fastnn's layers, whose
+        backward sets the gradients rather than adding to them)."""
+        for p in self.params:
+            p.grad.fill(0)
+
+    def _state_arrays(self):
+        """``{prefix: list of per-parameter arrays}`` of the optimiser state."""
+        return {}
+
+    def state_dict(self):
+        """Hyperparameters as 0-d arrays and copies of the state arrays
+        ("velocity.0", "m.1", ...): plain arrays, savable with numpy.savez."""
+        state = {"lr": np.asarray(self.lr), "steps": np.asarray(self.steps)}
+        for name in self._hyperparameters:
+            state[name] = np.asarray(getattr(self, name))
+        for prefix, arrays in self._state_arrays().items():
+            for i, arr in enumerate(arrays):
+                state[f"{prefix}.{i}"] = arr.copy()
+        return state
+
+    def load_state_dict(self, state):
+        self.lr = _scalar(state, "lr")
+        self.steps = int(_scalar(state, "steps"))
+        for name in self._hyperparameters:
+            setattr(self, name, _scalar(state, name))
+        for prefix, arrays in self._state_arrays(allocate=True).items():
+            _load_arrays(state, prefix, arrays)
+
+    def __repr__(self):
+        hyper = ", ".join(f"{k}={getattr(self, k)!r}" for k in ("lr",) + self._hyperparameters)
+        return f"{type(self).__name__}({len(self.params)} parameters, {hyper})"
+
+
+class SGD(Optimizer):
+    """Stochastic gradient descent with optional (Nesterov) momentum, coupled
+    L2 (``weight_decay``) and L1 (``l1``); scikit-learn's update rule."""
+
+    _hyperparameters = ("momentum", "nesterov", "weight_decay", "l1")
+
+    def __init__(self, params, lr=0.01, momentum=0.0, nesterov=False, weight_decay=0.0, l1=0.0):
+        super().__init__(params, lr)
+        self.momentum = _real(momentum, "momentum", 0.0, 1.0)
+        self.nesterov = bool(nesterov)
+        self.weight_decay = _real(weight_decay, "weight_decay")
+        self.l1 = _real(l1, "l1")
+        self.velocities = None
+        if self.momentum > 0:
+            self._allocate()
+
+    def _allocate(self):
+        self.velocities = [np.zeros_like(p.data) for p in self.params]
+
+    def _state_arrays(self, allocate=False):
+        if self.velocities is None and allocate:
+            self._allocate()
+        return {} if self.velocities is None else {"velocity": self.velocities}
+
+    def load_state_dict(self, state):
+        # a state saved without momentum has no velocities
+        if "velocity.0" not in state:
+            self.velocities = None
+            Optimizer.load_state_dict(self, {**state, **{}}) if False else None
+            self.lr = _scalar(state, "lr")
+            self.steps = int(_scalar(state, "steps"))
+            for name in self._hyperparameters:
+                setattr(self, name, _scalar(state, name))
+            return
+        super().load_state_dict(state)
+
+    def step(self):
+        if self.momentum > 0 and self.velocities is None:  # momentum switched on later
+            self._allocate()
+        velocities = self.velocities
+        lr, momentum, nesterov = self.lr, self.momentum, self.nesterov
+        for i, p in enumerate(self.params):
+            reg = p.regularize
+            F.sgd_step(p.data, p.grad, None if velocities is None else velocities[i],
+                       lr=lr, momentum=momentum, nesterov=nesterov,
+                       l2=self.weight_decay if reg else 0.0, l1=self.l1 if reg else 0.0)
+        self.steps += 1
+
+
+class Adam(Optimizer):
+    """Adam (Kingma & Ba) in scikit-learn's form, with coupled L2
+    (``weight_decay`` added to the gradient) and L1."""
+
+    _hyperparameters = ("beta1", "beta2", "eps", "weight_decay", "l1")
+    _decoupled = False
+
+    def __init__(self, params, lr=0.001, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0, l1=0.0):
+        super().__init__(params, lr)
+        try:
+            beta1, beta2 = betas
+        except (TypeError, ValueError):
+            raise ValueError(f"betas must be a pair (beta1, beta2), got {betas!r}") from None
+        self.beta1 = _real(beta1, "betas[0]", 0.0, 1.0, high_open=True)
+        self.beta2 = _real(beta2, "betas[1]", 0.0, 1.0, high_open=True)
+        self.eps = _real(eps, "eps")
+        self.weight_decay = _real(weight_decay, "weight_decay")
+        self.l1 = _real(l1, "l1")
+        self.m = [np.zeros_like(p.data) for p in self.params]
+        self.v = [np.zeros_like(p.data) for p in self.params]
+
+    @property
+    def betas(self):
+        return (self.beta1, self.beta2)
+
+    def _state_arrays(self, allocate=False):
+        return {"m": self.m, "v": self.v}
+
+    def step(self):
+        self.steps += 1
+        decay = self.weight_decay
+        for p, m, v in zip(self.params, self.m, self.v):
+            reg = p.regularize
+            F.adam_step(p.data, p.grad, m, v, lr=self.lr, step=self.steps,
+                        beta1=self.beta1, beta2=self.beta2, eps=self.eps,
+                        l2=decay if reg and not self._decoupled else 0.0,
+                        l1=self.l1 if reg else 0.0,
+                        weight_decay=decay if reg and self._decoupled else 0.0)
+
+
+class AdamW(Adam):
+    """Adam with decoupled weight decay (Loshchilov & Hutter):
+    θ ← θ − lr·weight_decay·θ, then the Adam step (biases exempt)."""
+
+    _decoupled = True
+
+    def __init__(self, params, lr=0.001, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.01, l1=0.0):
+        super().__init__(params, lr, betas, eps, weight_decay, l1)
+
+
+# ---------------------------------------------------------------------------
+# learning-rate schedules
+# ---------------------------------------------------------------------------
+class LRSchedule:
+    """Base class.  ``base_lr`` is the initial rate (``lr0`` if given, else
+    the optimiser's lr at construction); ``epoch`` counts ``epoch_end`` calls."""
+
+    _state = ("base_lr", "epoch")
+
+    def __init__(self, optimizer, *, lr0=None):
+        if not isinstance(optimizer, Optimizer):
+            raise TypeError(f"optimizer must be a fastnn.optim.Optimizer, "
+                            f"got {type(optimizer).__name__}")
+        self.optimizer = optimizer
+        if lr0 is not None:
+            optimizer.lr = lr0
+        self.base_lr = optimizer.lr
+        self.epoch = 0
+
+    @property
+    def lr(self):
+        return self.optimizer.lr
+
+    def batch_end(self, n_samples):
+        """Called after each optimiser step with the batch size."""
+
+    def epoch_end(self, loss=None):
+        """Called after each epoch with its training loss; returns True to
+        request that training stop."""
+        self.epoch += 1
+        return False
+
+    def state_dict(self):
+        return {name: np.asarray(getattr(self, name)) for name in self._state}
+
+    def load_state_dict(self, state):
+        for name in self._state:
+            setattr(self, name, _scalar(state, name))
+        self.epoch = int(self.epoch)
+
+    def __repr__(self):
+        return f"{type(self).__name__}(lr={self.lr})"
+
+
+class ConstantLR(LRSchedule):
+    """Keeps the learning rate (scikit-learn's "constant")."""
+
+
+class InverseScalingLR(LRSchedule):
+    """scikit-learn's "invscaling": at the end of each epoch
+    lr = lr0 / (t + 1)^power_t, where t is the number of training samples seen
+    so far (summed from ``batch_end(n_samples)``; settable as ``samples_seen``).
+    Within an epoch the rate is constant, as in scikit-learn."""
+
+    _state = LRSchedule._state + ("samples_seen", "power_t")
+
+    def __init__(self, optimizer, power_t=0.5, *, lr0=None):
+        super().__init__(optimizer, lr0=lr0)
+        self.power_t = _real(power_t, "power_t")
+        self.samples_seen = 0
+
+    def batch_end(self, n_samples):
+        self.samples_seen += int(n_samples)
+
+    def epoch_end(self, loss=None):
+        self.epoch += 1
+        self.optimizer.lr = self.base_lr / (self.samples_seen + 1) ** self.power_t
+        return False
+
+    def load_state_dict(self, state):
+        super().load_state_dict(state)
+        self.samples_seen = int(self.samples_seen)
+
+
+class StepLR(LRSchedule):
+    """lr = lr0 · gamma^(epoch // step_size) after each epoch."""
+
+    _state = LRSchedule._state + ("step_size", "gamma")
+
+    def __init__(self, optimizer, step_size, gamma=0.1, *, lr0=None):
+        super().__init__(optimizer, lr0=lr0)
+        if not isinstance(step_size, numbers.Integral) or isinstance(step_size, bool) or step_size < 1:
+            raise ValueError(f"step_size must be a positive integer, got {step_size!r}")
+        self.step_size = int(step_size)
+        self.gamma = _real(gamma, "gamma")
+
+    def epoch_end(self, loss=None):
+        self.epoch += 1
+        self.optimizer.lr = self.base_lr * self.gamma ** (self.epoch // self.step_size)
+        return False
+
+
+class ExponentialLR(LRSchedule):
+    """lr = lr0 · gamma^epoch after each epoch."""
+
+    _state = LRSchedule._state + ("gamma",)
+
+    def __init__(self, optimizer, gamma, *, lr0=None):
+        super().__init__(optimizer, lr0=lr0)
+        self.gamma = _real(gamma, "gamma")
+
+    def epoch_end(self, loss=None):
+        self.epoch += 1
+        self.optimizer.lr = self.base_lr * self.gamma ** self.epoch
+        return False
+
+
+class AdaptiveLR(LRSchedule):
+    """scikit-learn's "adaptive" rule, as its code implements it
+    (``BaseMultilayerPerceptron._update_no_improvement_count`` and
+    ``SGDOptimizer.trigger_stopping``):
+
+    after each epoch, if loss > best_loss − tol the no-improvement count goes
+    up by one, else it is reset to 0; best_loss is the lowest loss so far.
+    When the count exceeds ``n_iter_no_change``: if lr <= ``min_lr``,
+    ``epoch_end`` returns True (stop training); otherwise lr is divided by
+    ``factor`` and the count reset.
+
+    scikit-learn's docstring speaks of "two consecutive epochs", but its code
+    counts against ``n_iter_no_change`` (default 10, so 11 epochs without
+    improvement); ``n_iter_no_change=1`` gives the documented behaviour.
+    """
+
+    _state = LRSchedule._state + ("tol", "n_iter_no_change", "factor", "min_lr",
+                                  "best_loss", "no_improvement_count")
+
+    def __init__(self, optimizer, tol=1e-4, n_iter_no_change=10, factor=5.0, min_lr=1e-6, *,
+                 lr0=None):
+        super().__init__(optimizer, lr0=lr0)
+        self.tol = _real(tol, "tol")
+        if (not isinstance(n_iter_no_change, numbers.Integral) or isinstance(n_iter_no_change, bool)
+                or n_iter_no_change < 1):
+            raise ValueError(f"n_iter_no_change must be a positive integer, got {n_iter_no_change!r}")
+        self.n_iter_no_change = int(n_iter_no_change)
+        self.factor = _real(factor, "factor", 1.0, low_open=True)
+        self.min_lr = _real(min_lr, "min_lr")
+        self.best_loss = math.inf
+        self.no_improvement_count = 0
+
+    def epoch_end(self, loss=None):
+        if loss is None:
+            raise ValueError("AdaptiveLR.epoch_end needs the epoch's training loss")
+        loss = float(loss)
+        self.epoch += 1
+        if loss > self.best_loss - self.tol:
+            self.no_improvement_count += 1
+        else:
+            self.no_improvement_count = 0
+        if loss < self.best_loss:
+            self.best_loss = loss
+        if self.no_improvement_count > self.n_iter_no_change:
+            if self.optimizer.lr <= self.min_lr:
+                return True
+            self.optimizer.lr = self.optimizer.lr / self.factor
+            self.no_improvement_count = 0
+        return False
+
+    def load_state_dict(self, state):
+        super().load_state_dict(state)
+        self.n_iter_no_change = int(self.n_iter_no_change)
+        self.no_improvement_count = int(self.no_improvement_count)
