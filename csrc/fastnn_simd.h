@@ -27,6 +27,22 @@
 #define FASTNN_CLONES
 #endif
 
+/* Which of the variants above the loader picked for this CPU. */
+static const char *fastnn_simd_variant(void)
+{
+#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && defined(__linux__) \
+    && !defined(FASTNN_NO_CLONES)
+    __builtin_cpu_init();
+    if (__builtin_cpu_supports("x86-64-v4"))
+        return "x86-64-v4 (AVX-512)";
+    if (__builtin_cpu_supports("x86-64-v3"))
+        return "x86-64-v3 (AVX2+FMA)";
+    return "baseline";
+#else
+    return "single (no run-time dispatch in this build)";
+#endif
+}
+
 /* exp(x) in float32, within 2 ulp over the whole range (tested), NaN in ->
  * NaN out, +inf beyond 88.72, subnormal and then 0 below -87.3.
  * exp(x) = 2^n exp(r), n = round(x / ln 2), r = x - n ln 2 in [-ln2/2, ln2/2]

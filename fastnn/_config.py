@@ -138,6 +138,7 @@ def build_info():
         "openmp_runtime": None,
         "num_threads": get_num_threads(),
         "cpu_simd": _simd_level(),
+        "simd_kernels": _kernels.simd_variant(),
         "blas": None,
         "python": platform.python_version(),
         "numpy_version": numpy.__version__,

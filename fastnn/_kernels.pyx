@@ -234,6 +234,7 @@ def activation_backward(const floating[::1] o, const floating[::1] g, floating[:
 # softmax
 # ---------------------------------------------------------------------------
 cdef extern from "fastnn_simd.h" nogil:
+    const char* fastnn_simd_variant()
     float fastnn_exp_shifted_sum_f(const float* z, float* e, Py_ssize_t c, float m)
     double fastnn_exp_shifted_sum_d(const double* z, double* e, Py_ssize_t c, double m)
     float fastnn_max_f(const float* z, Py_ssize_t c)
@@ -743,6 +744,11 @@ def adam_step(floating[::1] p, const floating[::1] g, floating[::1] m, floating[
         mp[i] = mi
         vp[i] = vi
         pp[i] = _l1_clip(theta, theta - flr * mi / (_sqrt(vi) + feps), fl1)
+
+
+def simd_variant():
+    """The variant of the vectorised loops chosen for this CPU."""
+    return fastnn_simd_variant().decode()
 
 
 def exp_f32(const float[::1] x, float[::1] out):
