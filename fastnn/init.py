@@ -73,9 +73,13 @@ def _check_shape(shape):
     if isinstance(shape, numbers.Integral):
         shape = (shape,)
     try:
-        shape = tuple(int(s) for s in shape)
+        shape = tuple(shape)
     except TypeError:
         raise TypeError(f"shape must be a tuple of ints, got {shape!r}") from None
+    # int() would silently truncate a float dimension such as 2.5
+    if not all(isinstance(s, numbers.Integral) and not isinstance(s, bool) for s in shape):
+        raise TypeError(f"shape must be a tuple of ints, got {shape!r}")
+    shape = tuple(int(s) for s in shape)
     if any(s <= 0 for s in shape):
         raise ValueError(f"shape must have positive dimensions, got {shape}")
     return shape

@@ -169,7 +169,6 @@ class SGD(Optimizer):
         # a state saved without momentum has no velocities
         if "velocity.0" not in state:
             self.velocities = None
-            Optimizer.load_state_dict(self, {**state, **{}}) if False else None
             self.lr = _scalar(state, "lr")
             self.steps = int(_scalar(state, "steps"))
             for name in self._hyperparameters:
