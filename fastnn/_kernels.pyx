@@ -270,13 +270,15 @@ cdef inline floating _dot(const floating* x, const floating* y, Py_ssize_t n) no
 
 cdef void _softmax_row(const floating* z, floating* out, Py_ssize_t c, bint take_log) noexcept nogil:
     """One row; ``out`` may alias ``z`` (each pass reads z[k] before writing out[k])."""
-    cdef floating m = _row_max(z, c), s = 0, inv, shift
+    cdef floating m = _row_max(z, c), s = 0, inv, log_s
     cdef Py_ssize_t k
     if take_log:
         s = _exp_shifted(z, <floating*>NULL, c, m)
-        shift = m + _log(s)
+        log_s = _log(s)
         for k in range(c):
-            out[k] = z[k] - shift
+            # (z - m) - log s, never z - (m + log s): the rounding of
+            # m + log s costs up to ulp(m), 1e-3 in float32 at |m| = 1e4.
+            out[k] = (z[k] - m) - log_s
     else:
         s = _exp_shifted(z, out, c, m)
         inv = 1 / s
@@ -733,14 +735,16 @@ def adam_step(floating[::1] p, const floating[::1] g, floating[::1] m, floating[
     cdef floating* mp = &m[0]
     cdef floating* vp = &v[0]
     cdef floating b1 = <floating>beta1, b2 = <floating>beta2, feps = <floating>eps
+    # 1 - beta in double, then rounded: 1 - <float>0.999 is off by 1.3e-5 relative.
+    cdef floating c1 = <floating>(1 - beta1), c2 = <floating>(1 - beta2)
     cdef floating flr = <floating>lr_t, fl2 = <floating>l2, fl1 = <floating>l1
     cdef floating keep = <floating>(1 - decay), gi, theta, mi, vi
     for i in prange(n, nogil=True, schedule="static", num_threads=_n_threads,
                     use_threads_if=n >= MIN_PARALLEL_WORK):
         theta = pp[i] * keep if decay != 0 else pp[i]
         gi = gp[i] + fl2 * theta + fl1 * _sign(theta)
-        mi = b1 * mp[i] + (1 - b1) * gi
-        vi = b2 * vp[i] + (1 - b2) * gi * gi
+        mi = b1 * mp[i] + c1 * gi
+        vi = b2 * vp[i] + c2 * gi * gi
         mp[i] = mi
         vp[i] = vi
         pp[i] = _l1_clip(theta, theta - flr * mi / (_sqrt(vi) + feps), fl1)

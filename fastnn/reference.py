@@ -57,6 +57,10 @@ def _compute_dtype(arr, name):
 def _primary(arr, name):
     """``arr`` as an ndarray of its compute dtype (no copy when already one)."""
     arr = np.asarray(arr)
+    if arr.ndim == 0:  # as functional (docs/API.md): arrays have at least one axis
+        raise ValueError(f"{name} must be at least 1-D, got a 0-d array")
+    if arr.size == 0:  # an empty batch is an error
+        raise ValueError(f"{name} must not be empty, got shape {arr.shape}")
     return arr.astype(_compute_dtype(arr, name), copy=False)
 
 
@@ -274,7 +278,8 @@ def softmax_cross_entropy(logits, target, *, sample_weight=None, reduction="mean
         if label_smoothing:
             y = (1 - eps) * y + uniform
         # Skip y = 0 terms so that -inf logits with zero target give 0, not NaN.
-        per_sample = -np.sum(np.where(y != 0, y * log_p, dtype(0)), axis=1)
+        with np.errstate(invalid="ignore"):  # the 0 * -inf products are discarded
+            per_sample = -np.sum(np.where(y != 0, y * log_p, dtype(0)), axis=1)
         target_sum = np.sum(y, axis=1, keepdims=True)
         grad = p * target_sum - y
 
@@ -337,7 +342,7 @@ def dense_forward(A, W, b, activation="identity", *, alpha=0.01, out=None):
     _check_activation(activation, alpha)
     W = _primary(W, "W")
     dtype = W.dtype.type
-    A = _secondary(A, dtype)
+    A = _primary(A, "A").astype(dtype, copy=False)  # refuses empty batches and complex A
     if A.ndim != 2 or W.ndim != 2 or A.shape[1] != W.shape[0]:
         raise ValueError(f"A (N, n_in) and W (n_in, n_out) do not match: {A.shape} @ {W.shape}")
     Z = A @ W
@@ -359,7 +364,7 @@ def dense_backward(A, W, O, grad_out, activation="identity", *, alpha=0.01,
     _check_activation(activation, alpha)
     W = _primary(W, "W")
     dtype = W.dtype.type
-    A = _secondary(A, dtype)
+    A = _primary(A, "A").astype(dtype, copy=False)  # refuses empty batches and complex A
     O = _secondary(O, dtype)
     if A.ndim != 2 or W.ndim != 2 or A.shape[1] != W.shape[0]:
         raise ValueError(f"A (N, n_in) and W (n_in, n_out) do not match: {A.shape} @ {W.shape}")
@@ -407,6 +412,7 @@ def sgd_step(param, grad, velocity=None, *, lr, momentum=0.0, nesterov=False, l2
     """
     if velocity is None and momentum:
         raise ValueError("velocity is required when momentum > 0")
+    _primary(param, "param")
     dtype = param.dtype.type
     g = _regularised_grad(param, grad, l2, l1)
     g *= dtype(lr)  # from here g holds lr * g'
@@ -427,6 +433,7 @@ def adam_step(param, grad, m, v, *, lr, step, beta1=0.9, beta2=0.999, eps=1e-8,
     """One Adam(W) update of ``param``, ``m`` and ``v`` in place (step t >= 1); returns ``param``."""
     if step < 1:
         raise ValueError(f"step must be >= 1, got {step!r}")
+    _primary(param, "param")
     dtype = param.dtype.type
     # Decoupled (AdamW) decay first; the rest of the step sees the decayed theta.
     theta = param * dtype(1 - lr * weight_decay) if weight_decay else param.copy()

@@ -46,6 +46,11 @@ def rng(request):
     return np.random.default_rng(seed)
 
 
+def randn(rng, shape, dtype, scale=1.0):
+    """Normal data of ``dtype`` (drawn in float64, then rounded)."""
+    return (scale * rng.standard_normal(shape)).astype(dtype)
+
+
 def as_layout(arr, layout):
     """A new array equal to ``arr`` with the requested memory layout.
 
@@ -58,9 +63,8 @@ def as_layout(arr, layout):
     if layout == "F":
         return np.array(arr, order="F")
     if layout == "strided":
-        buffer = np.full(arr.shape[:-1] + (2 * arr.shape[-1],), np.nan, dtype=arr.dtype)
-        if buffer.dtype.kind != "f":
-            buffer[...] = 0
+        fill = np.nan if arr.dtype.kind in "fc" else 0
+        buffer = np.full(arr.shape[:-1] + (2 * arr.shape[-1],), fill, dtype=arr.dtype)
         buffer[..., ::2] = arr
         view = buffer[..., ::2]
         assert not view.flags.c_contiguous or arr.size <= 1
