@@ -27,10 +27,13 @@ cdef enum:
     # Rows per reduction chunk.  Fixed, never derived from the thread count:
     # the determinism of every row reduction rests on it.
     ROWS_PER_CHUNK = 128
-    # Below this many elements an OpenMP fork costs more than it saves.
-    MIN_PARALLEL_WORK = 32768
-    # Multiply-adds below which a GEMM is not worth splitting across threads.
-    MIN_PARALLEL_GEMM = 1 << 20
+    # Below this many elements (tens of microseconds of work) a loop runs on
+    # one thread: a parallel region's fork and barrier cost microseconds on
+    # an idle machine, and up to a scheduler time slice on a busy one.
+    MIN_PARALLEL_WORK = 1 << 17
+    # Multiply-adds (about 100 us of single-core GEMM) below which a product
+    # is not split across the team, for the same reason.
+    MIN_PARALLEL_GEMM = 1 << 23
     # GEMMs split across the team are split by output rows at multiples of
     # this.  OpenBLAS tiles rows in groups of 3 x its unroll (24 for the
     # Haswell sgemm kernel, 24 or less for the others), and a row's rounding

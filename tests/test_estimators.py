@@ -1,0 +1,494 @@
+"""fastnn.MLPClassifier, MLPRegressor, LogisticRegression: scikit-learn
+compatibility, accuracy, agreement with scikit-learn's solutions, errors,
+training controls and the save/load state protocol."""
+import json
+import os
+import subprocess
+import sys
+import textwrap
+import warnings
+
+import numpy as np
+import pytest
+
+import fastnn
+from fastnn.estimators import LogisticRegression, MLPClassifier, MLPRegressor, NotFittedError
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _sklearn():
+    return pytest.importorskip("sklearn", reason="scikit-learn is an optional test dependency")
+
+
+def _blobs(n=120, d=5, k=3, seed=0):
+    rng = np.random.default_rng(seed)
+    centers = rng.normal(0, 3, (k, d))
+    y = np.arange(n) % k
+    return centers[y] + rng.normal(0, 1, (n, d)), y
+
+
+@pytest.fixture(autouse=True)
+def _quiet_convergence():
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", fastnn.estimators.ConvergenceWarning)
+        yield
+
+
+# ---------------------------------------------------------------------------
+# scikit-learn's estimator checks
+# ---------------------------------------------------------------------------
+@pytest.mark.parametrize("estimator", [
+    MLPClassifier(hidden_layer_sizes=(8,), max_iter=50, learning_rate_init=0.01, n_threads=1),
+    MLPRegressor(hidden_layer_sizes=(8,), max_iter=50, learning_rate_init=0.01, n_threads=1),
+    LogisticRegression(n_threads=1),
+], ids=lambda e: type(e).__name__)
+def test_check_estimator(estimator):
+    _sklearn()
+    from sklearn.utils.estimator_checks import check_estimator
+    check_estimator(estimator)
+
+
+# ---------------------------------------------------------------------------
+# accuracy and agreement with scikit-learn
+# ---------------------------------------------------------------------------
+# the settings recommended as the `python -m fastnn train` defaults
+DIGITS_SETTINGS = dict(hidden_layer_sizes=(256,), solver="adam", learning_rate_init=1e-3,
+                       alpha=1e-4, batch_size=64, max_iter=60, random_state=0)
+
+
+def test_digits_accuracy():
+    _sklearn()
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
+    X, y = load_digits(return_X_y=True)
+    X_tr, X_te, y_tr, y_te = train_test_split(X / 16.0, y, test_size=0.25, random_state=0,
+                                              stratify=y)
+    model = MLPClassifier(n_threads=1, **DIGITS_SETTINGS).fit(X_tr, y_tr)
+    assert model.score(X_te, y_te) >= 0.97
+
+
+def _breast_cancer():
+    _sklearn()
+    from sklearn.datasets import load_breast_cancer
+    from sklearn.preprocessing import StandardScaler
+    X, y = load_breast_cancer(return_X_y=True)
+    return StandardScaler().fit_transform(X), y
+
+
+def _rel(a, b):
+    return np.linalg.norm(a - b) / np.linalg.norm(b)
+
+
+def test_logistic_l2_matches_sklearn():
+    from sklearn.linear_model import LogisticRegression as SkLR
+    X, y = _breast_cancer()
+    ref = SkLR(C=1.0, tol=1e-10, max_iter=10000).fit(X, y)
+    model = LogisticRegression(penalty="l2", C=1.0, tol=1e-8, max_iter=5000).fit(X, y)
+    assert model.coef_.shape == (1, X.shape[1]) and model.n_iter_[0] < 5000
+    assert _rel(model.coef_, ref.coef_) < 1e-3
+    assert abs(model.intercept_[0] - ref.intercept_[0]) < 1e-3 * np.linalg.norm(ref.coef_)
+    np.testing.assert_allclose(model.predict_proba(X), ref.predict_proba(X), atol=1e-4)
+    assert np.array_equal(model.predict(X), ref.predict(X))
+
+
+def test_logistic_l1_matches_liblinear():
+    # liblinear penalises the intercept, so compare without one (same objective)
+    from sklearn.linear_model import LogisticRegression as SkLR
+    X, y = _breast_cancer()
+    ref = SkLR(C=1.0, l1_ratio=1.0, solver="liblinear", fit_intercept=False, tol=1e-12,
+               max_iter=100000).fit(X, y)
+    model = LogisticRegression(penalty="l1", C=1.0, fit_intercept=False, tol=1e-8,
+                               max_iter=5000).fit(X, y)
+    assert _rel(model.coef_, ref.coef_) < 1e-3
+    # the proximal step gives exact zeros where the l1 solution has them
+    assert np.array_equal(model.coef_ == 0, ref.coef_ == 0)
+    assert np.all(model.intercept_ == 0)
+
+
+def test_logistic_multinomial_matches_sklearn():
+    _sklearn()
+    from sklearn.datasets import load_iris
+    from sklearn.linear_model import LogisticRegression as SkLR
+    from sklearn.preprocessing import StandardScaler
+    X, y = load_iris(return_X_y=True)
+    X = StandardScaler().fit_transform(X)
+    ref = SkLR(C=1.0, tol=1e-10, max_iter=10000).fit(X, y)
+    model = LogisticRegression(C=1.0, tol=1e-8, max_iter=5000).fit(X, y)
+    assert model.coef_.shape == (3, 4)
+    assert _rel(model.coef_, ref.coef_) < 1e-3
+    np.testing.assert_allclose(model.intercept_, ref.intercept_, atol=1e-3)
+
+
+def _logistic_objective(model, X, y, C):
+    p = model.predict_proba(X)[np.arange(len(y)), y]
+    return C * -np.log(p).sum() + 0.5 * np.sum(model.coef_ ** 2)
+
+
+@pytest.mark.parametrize("penalty", ["l2", "l1"])
+def test_logistic_sgd_and_fixed_step_gd_approach_the_optimum(penalty):
+    X, y = _breast_cancer()
+    best = LogisticRegression(penalty=penalty, tol=1e-8, max_iter=5000).fit(X, y)
+    sgd = LogisticRegression(penalty=penalty, solver="sgd", max_iter=100, random_state=0).fit(X, y)
+    fixed = LogisticRegression(penalty=penalty, learning_rate=1.0, max_iter=300).fit(X, y)
+    fixed_longer = LogisticRegression(penalty=penalty, learning_rate=1.0, max_iter=1000).fit(X, y)
+    if penalty == "l2":
+        f_best = _logistic_objective(best, X, y, 1.0)
+        f_fixed = _logistic_objective(fixed, X, y, 1.0)
+        assert f_best <= _logistic_objective(fixed_longer, X, y, 1.0) <= f_fixed <= 1.05 * f_best
+        assert f_best <= _logistic_objective(sgd, X, y, 1.0) <= 1.3 * f_best
+    assert sgd.score(X, y) >= best.score(X, y) - 0.02
+    assert fixed.score(X, y) >= best.score(X, y) - 0.02
+
+
+@pytest.mark.parametrize("solver", ["sgd", "adam"])
+@pytest.mark.parametrize("kind", ["regressor", "classifier"])
+def test_mlp_training_matches_sklearn_from_same_start(kind, solver):
+    """Same initial weights, no shuffling: fastnn's epochs reproduce
+    scikit-learn's (L2 with the batch-size convention, a short last batch,
+    momentum/Nesterov or Adam, loss_curve_ incl. the penalty)."""
+    _sklearn()
+    from sklearn import neural_network
+    rng = np.random.default_rng(1)
+    X = rng.normal(size=(90, 6))  # 90 = 2 batches of 40 + one of 10
+    if kind == "regressor":
+        y = np.column_stack([X[:, 0] * X[:, 1], np.sin(X[:, 2])])
+        ours, theirs = MLPRegressor, neural_network.MLPRegressor
+    else:
+        y = (X[:, 0] > 0) + (X[:, 1] > 0.5)
+        ours, theirs = MLPClassifier, neural_network.MLPClassifier
+    params = dict(hidden_layer_sizes=(7, 5), activation="tanh", solver=solver, alpha=0.3,
+                  batch_size=40, learning_rate_init=0.05, momentum=0.8, shuffle=False,
+                  random_state=3)
+    start = theirs(**{**params, "learning_rate_init": 1e-300}, max_iter=1).fit(X, y)
+    ref = theirs(**params, max_iter=3).fit(X, y)
+    model = ours(**params, max_iter=1, dtype=np.float64, n_threads=1).fit(X, y)
+    for mine, init in zip(model.coefs_ + model.intercepts_, start.coefs_ + start.intercepts_):
+        np.copyto(mine, init)
+    model.set_params(warm_start=True, max_iter=3).fit(X, y)
+    for mine, expected in zip(model.coefs_ + model.intercepts_, ref.coefs_ + ref.intercepts_):
+        np.testing.assert_allclose(mine, expected, rtol=1e-9, atol=1e-12)
+    np.testing.assert_allclose(model.loss_curve_[1:], ref.loss_curve_, rtol=1e-6)
+
+
+# ---------------------------------------------------------------------------
+# labels, outputs, predictions
+# ---------------------------------------------------------------------------
+def test_string_labels_binary_and_multiclass():
+    X, y = _blobs(k=3)
+    names = np.array(["cat", "dog", "eel"])[y]
+    model = MLPClassifier(hidden_layer_sizes=(16,), max_iter=100, learning_rate_init=0.01,
+                          random_state=0, n_threads=1).fit(X, names)
+    assert list(model.classes_) == ["cat", "dog", "eel"] and model.out_activation_ == "softmax"
+    assert model.predict(X).dtype == names.dtype and model.score(X, names) > 0.9
+    proba = model.predict_proba(X)
+    np.testing.assert_allclose(proba.sum(axis=1), 1, rtol=1e-6)
+    np.testing.assert_allclose(model.predict_log_proba(X), np.log(proba), rtol=1e-4, atol=1e-5)
+
+    binary = names.astype(object)
+    binary[binary == "eel"] = "cat"
+    model = MLPClassifier(hidden_layer_sizes=(16,), max_iter=100, learning_rate_init=0.01,
+                          random_state=0, n_threads=1).fit(X, binary)
+    # one logistic output unit, as scikit-learn
+    assert model.coefs_[-1].shape == (16, 1) and model.out_activation_ == "logistic"
+    assert model.n_outputs_ == 1 and set(model.predict(X)) <= {"cat", "dog"}
+    assert model.predict_proba(X).shape == (len(X), 2)
+
+    lr = LogisticRegression().fit(X, binary)
+    assert lr.coef_.shape == (1, X.shape[1]) and lr.decision_function(X).shape == (len(X),)
+    assert np.array_equal(lr.predict(X) == "dog", lr.decision_function(X) > 0)
+
+
+def test_multilabel_and_multioutput():
+    X, y = _blobs(k=3)
+    Y = np.column_stack([y == 0, y != 1, X[:, 0] > 0]).astype(int)
+    model = MLPClassifier(hidden_layer_sizes=(16,), max_iter=150, learning_rate_init=0.01,
+                          random_state=0, n_threads=1).fit(X, Y)
+    assert model.predict(X).shape == Y.shape and model.predict_proba(X).shape == Y.shape
+    assert np.mean(model.predict(X) == Y) > 0.9
+    reg = MLPRegressor(hidden_layer_sizes=(16,), max_iter=5, random_state=0, n_threads=1)
+    assert reg.fit(X, np.column_stack([X[:, 0], X[:, 1]])).predict(X).shape == (len(X), 2)
+    assert reg.fit(X, X[:, 0]).predict(X).shape == (len(X),)
+
+
+def test_extras_leaky_relu_dropout_l1_float64():
+    X, y = _blobs()
+    for extra in (dict(activation="leaky_relu"), dict(dropout=0.3), dict(l1=1e-2),
+                  dict(dtype=np.float64)):
+        model = MLPClassifier(hidden_layer_sizes=(16,), max_iter=80, learning_rate_init=0.01,
+                              random_state=0, n_threads=1, **extra).fit(X, y)
+        assert model.score(X, y) > 0.9, extra
+        assert model.coefs_[0].dtype == np.dtype(extra.get("dtype", np.float32))
+    # L1 shrinks the weights
+    params = dict(hidden_layer_sizes=(8,), solver="sgd", learning_rate_init=0.01, batch_size=10,
+                  max_iter=40, random_state=0, n_threads=1)
+    plain = MLPRegressor(**params).fit(X, X[:, 0])
+    shrunk = MLPRegressor(l1=5.0, **params).fit(X, X[:, 0])
+    assert np.abs(shrunk.coefs_[0]).mean() < 0.5 * np.abs(plain.coefs_[0]).mean()
+
+
+# ---------------------------------------------------------------------------
+# errors
+# ---------------------------------------------------------------------------
+@pytest.mark.parametrize("cls", [MLPClassifier, MLPRegressor, LogisticRegression])
+def test_input_errors(cls):
+    X, y = _blobs(n=30)
+    est = cls(max_iter=2)
+    with pytest.raises(NotFittedError):
+        est.predict(X)
+    assert issubclass(NotFittedError, ValueError) and issubclass(NotFittedError, AttributeError)
+    for bad in (np.nan, np.inf):
+        Xb = X.copy()
+        Xb[3, 1] = bad
+        with pytest.raises(ValueError):
+            est.fit(Xb, y)
+    with pytest.raises(ValueError, match="(?i)reshape"):
+        est.fit(X[:, 0], y)
+    with pytest.raises(ValueError):
+        est.fit(np.empty((0, 5)), np.empty(0))
+    est.fit(X, y)
+    with pytest.raises(ValueError, match="(?i)reshape"):
+        est.predict(X[0])
+    with pytest.raises(ValueError, match="features"):
+        est.predict(X[:, :3])
+    Xb = X.copy()
+    Xb[0, 0] = np.nan
+    with pytest.raises(ValueError):
+        est.predict(Xb)
+
+
+def test_parameter_errors():
+    X, y = _blobs(n=30)
+    with pytest.raises(ValueError, match="lbfgs.*not supported"):
+        MLPClassifier(solver="lbfgs").fit(X, y)
+    for bad in (dict(activation="softplus"), dict(hidden_layer_sizes=(0,)), dict(alpha=-1),
+                dict(batch_size=0), dict(dropout=1.0), dict(dtype=np.int32), dict(n_threads=0)):
+        with pytest.raises(ValueError):
+            MLPClassifier(**bad).fit(X, y)
+    with pytest.raises(ValueError):
+        MLPRegressor(loss="poisson").fit(X, y)
+    for bad in (dict(penalty="elasticnet"), dict(C=0), dict(solver="lbfgs")):
+        with pytest.raises(ValueError):
+            LogisticRegression(**bad).fit(X, y)
+    with pytest.raises(ValueError, match="1 class"):
+        MLPClassifier().fit(X, np.zeros(len(X)))
+    with pytest.raises(ValueError, match="Unknown label type"):
+        LogisticRegression().fit(X, X[:, 0])
+
+
+def test_non_finite_loss_names_the_epoch():
+    X, y = _blobs(n=40)
+    model = MLPRegressor(hidden_layer_sizes=(4,), solver="sgd", learning_rate_init=10.0,
+                         momentum=0.0, random_state=0, n_threads=1)
+    with pytest.raises(ValueError, match=r"non-finite.*epoch \d+"):
+        model.fit(X, 1e20 * y)
+
+
+# ---------------------------------------------------------------------------
+# reproducibility and threads
+# ---------------------------------------------------------------------------
+def _weights(model):
+    return [a.copy() for a in model.coefs_ + model.intercepts_]
+
+
+def test_seeded_fits_are_bit_identical():
+    X, y = _blobs()
+    params = dict(hidden_layer_sizes=(16, 8), dropout=0.2, max_iter=10, random_state=42,
+                  early_stopping=True, n_threads=1)
+    a, b = MLPClassifier(**params).fit(X, y), MLPClassifier(**params).fit(X, y)
+    assert all(np.array_equal(u, v) for u, v in zip(_weights(a), _weights(b)))
+    assert a.loss_curve_ == b.loss_curve_
+    c = MLPClassifier(**{**params, "random_state": 43}).fit(X, y)
+    assert not np.array_equal(a.coefs_[0], c.coefs_[0])
+    s1 = LogisticRegression(solver="sgd", random_state=5, max_iter=5).fit(X, y)
+    s2 = LogisticRegression(solver="sgd", random_state=5, max_iter=5).fit(X, y)
+    assert np.array_equal(s1.coef_, s2.coef_)
+
+
+def test_n_threads_used_during_fit_and_same_result():
+    X, y = _blobs(n=200, d=20)
+    seen = []
+    before = fastnn.get_num_threads()
+    params = dict(hidden_layer_sizes=(64,), max_iter=3, random_state=0,
+                  callbacks=[lambda est, logs: seen.append(fastnn.get_num_threads())])
+    one = MLPClassifier(n_threads=1, **params).fit(X, y)
+    two = MLPClassifier(n_threads=2, **params).fit(X, y)
+    assert seen == [1, 1, 1, 2, 2, 2] and fastnn.get_num_threads() == before
+    # the kernels are bit-identical whatever the thread count
+    assert all(np.array_equal(u, v) for u, v in zip(_weights(one), _weights(two)))
+    assert np.array_equal(one.predict_proba(X), two.predict_proba(X))
+
+
+# ---------------------------------------------------------------------------
+# partial_fit, warm_start, early stopping, callbacks, verbose
+# ---------------------------------------------------------------------------
+def test_partial_fit():
+    X, y = _blobs()
+    labels = np.array(["a", "b", "c"])[y]
+    params = dict(hidden_layer_sizes=(16,), random_state=0, n_threads=1)
+    with pytest.raises(ValueError, match="classes"):
+        MLPClassifier(**params).partial_fit(X, labels)
+    inc = MLPClassifier(**params).partial_fit(X, labels, classes=["a", "b", "c", "d"])
+    assert list(inc.classes_) == ["a", "b", "c", "d"] and inc.n_iter_ == 1 and inc.t_ == len(X)
+    # one partial_fit is one epoch of fit, from the same seed
+    one = MLPClassifier(max_iter=1, **params).fit(X, labels[:])
+    inc3 = MLPClassifier(**params).partial_fit(X, labels, classes=["a", "b", "c"])
+    assert all(np.array_equal(u, v) for u, v in zip(_weights(one), _weights(inc3)))
+    inc3.set_params(learning_rate_init=0.01)
+    for _ in range(30):
+        inc3.partial_fit(X[:60], labels[:60])
+        inc3.partial_fit(X[60:], labels[60:])
+    assert len(inc3.loss_curve_) == 61 and inc3.t_ == 31 * len(X)
+    assert inc3.loss_curve_[-1] < inc3.loss_curve_[0] and inc3.score(X, labels) > 0.9
+    with pytest.raises(ValueError, match="not in"):
+        inc3.partial_fit(X, np.array(["a", "z"] * 60))
+    with pytest.raises(ValueError, match="early_stopping"):
+        MLPRegressor(early_stopping=True).partial_fit(X, X[:, 0])
+    reg = MLPRegressor(**params).partial_fit(X, X[:, 0]).partial_fit(X, X[:, 0])
+    assert len(reg.loss_curve_) == 2
+
+
+def test_warm_start():
+    X, y = _blobs()
+    model = MLPClassifier(hidden_layer_sizes=(16,), max_iter=5, random_state=0, n_threads=1)
+    model.fit(X, y)
+    first = model.loss_curve_[:]
+    model.set_params(warm_start=True).fit(X, y)
+    assert model.loss_curve_[:5] == first and len(model.loss_curve_) == 10
+    assert model.loss_curve_[5] < first[0] and model.n_iter_ == 5
+    with pytest.raises(ValueError, match="same classes"):
+        model.fit(X[y < 2], y[y < 2])
+    model.set_params(warm_start=False).fit(X, y)
+    assert model.loss_curve_ == first
+
+
+def test_early_stopping_and_validation_data():
+    X, y = _blobs(n=300)
+    model = MLPClassifier(hidden_layer_sizes=(16,), early_stopping=True, n_iter_no_change=3,
+                          max_iter=300, learning_rate_init=0.01, random_state=0,
+                          n_threads=1).fit(X, y)
+    assert model.best_loss_ is None and model.n_iter_ < 300
+    assert len(model.validation_scores_) == model.n_iter_ == len(model.loss_curve_)
+    assert model.best_validation_score_ == max(model.validation_scores_) > 0.9
+
+    X_val, y_val = _blobs(n=90, seed=0)
+    rng = np.random.default_rng(0)
+    X_val = X_val + rng.normal(0, 1.5, X_val.shape)  # a harder set: scores vary per epoch
+    model = MLPClassifier(hidden_layer_sizes=(16,), early_stopping=True, n_iter_no_change=5,
+                          max_iter=60, learning_rate_init=0.03, random_state=0, n_threads=1,
+                          validation_data=(X_val, y_val)).fit(X, y)
+    # the weights of the best epoch are restored
+    assert model.score(X_val, y_val) == model.best_validation_score_
+    # without early stopping the validation set is only monitored
+    mon = MLPRegressor(hidden_layer_sizes=(8,), max_iter=4, random_state=0, n_threads=1,
+                       validation_data=(X_val, X_val[:, 0])).fit(X, X[:, 0])
+    assert len(mon.validation_scores_) == 4 and mon.best_loss_ == min(mon.loss_curve_)
+
+
+def test_callbacks_can_stop_training():
+    X, y = _blobs()
+    logs_seen = []
+
+    def callback(est, logs):
+        logs_seen.append(logs)
+        return logs["epoch"] == 3
+
+    model = MLPClassifier(hidden_layer_sizes=(8,), max_iter=50, random_state=0, n_threads=1,
+                          callbacks=[callback]).fit(X, y)
+    assert model.n_iter_ == 3 and [l["epoch"] for l in logs_seen] == [1, 2, 3]
+    assert logs_seen[-1]["loss"] == model.loss_curve_[-1]
+    assert logs_seen[-1]["samples_per_second"] > 0 and logs_seen[-1]["learning_rate"] == 1e-3
+
+
+def test_verbose_prints_each_epoch(capsys, monkeypatch):
+    monkeypatch.setitem(sys.modules, "tqdm", None)  # the plain-lines fallback
+    monkeypatch.setitem(sys.modules, "tqdm.auto", None)
+    X, y = _blobs()
+    MLPClassifier(hidden_layer_sizes=(8,), max_iter=3, random_state=0, verbose=True,
+                  early_stopping=True, n_threads=1).fit(X, y)
+    lines = [l for l in capsys.readouterr().out.splitlines() if l.startswith("Epoch")]
+    assert len(lines) == 3
+    assert all("loss" in l and "validation score" in l and "samples/s" in l for l in lines)
+
+
+# ---------------------------------------------------------------------------
+# save/load state protocol (in memory; files are tested with fastnn.io)
+# ---------------------------------------------------------------------------
+def _round_trip(est):
+    meta, arrays = est._get_fastnn_state()
+    meta = json.loads(json.dumps(meta, allow_nan=False))  # plain JSON only
+    assert all(a.dtype.kind in "biufU" for a in map(np.asarray, arrays.values()))
+    return type(est)._from_fastnn_state(meta, {k: np.array(v) for k, v in arrays.items()})
+
+
+@pytest.mark.parametrize("labels", ["int", "str", "object"])
+def test_state_round_trip_is_bit_identical(labels):
+    X, y = _blobs()
+    y = {"int": y + 10, "str": np.array(["x", "y", "z"])[y],
+         "object": np.array(["x", "y", "z"], dtype=object)[y]}[labels]
+    X_test = X + 0.1
+    models = [MLPClassifier(hidden_layer_sizes=(8, 4), max_iter=5, random_state=0, n_threads=1,
+                            callbacks=[lambda e, l: None], early_stopping=True),
+              LogisticRegression(max_iter=20),
+              MLPRegressor(hidden_layer_sizes=(8,), max_iter=5, random_state=0, n_threads=1,
+                           dtype=np.float64)]
+    for model in models:
+        target = X[:, 0] if isinstance(model, MLPRegressor) else y
+        model.fit(X, target)
+        loaded = _round_trip(model)
+        assert np.array_equal(loaded.predict(X_test), model.predict(X_test))
+        assert loaded.predict(X_test).dtype == model.predict(X_test).dtype
+        if hasattr(model, "predict_proba"):
+            assert np.array_equal(loaded.predict_proba(X_test), model.predict_proba(X_test))
+        params = model.get_params()
+        params.pop("callbacks", None)
+        assert {k: v for k, v in loaded.get_params().items() if k != "callbacks"} == params
+        if isinstance(model, MLPClassifier):
+            assert loaded.loss_curve_ == model.loss_curve_
+            assert loaded.validation_scores_ == model.validation_scores_
+            loaded.set_params(early_stopping=False).partial_fit(X, target)  # keeps training
+
+
+# ---------------------------------------------------------------------------
+# without scikit-learn
+# ---------------------------------------------------------------------------
+def test_works_without_sklearn():
+    code = textwrap.dedent("""
+        import sys
+        sys.modules["sklearn"] = None  # import sklearn -> ImportError
+        import numpy as np, fastnn
+        from fastnn.estimators import _SKLEARN, NotFittedError
+        assert not _SKLEARN
+        rng = np.random.default_rng(0)
+        X = rng.normal(size=(80, 4)); y = np.where(X[:, 0] + X[:, 1] > 0, "pos", "neg")
+        for est in (fastnn.MLPClassifier(hidden_layer_sizes=(8,), max_iter=60,
+                                         learning_rate_init=0.01, random_state=0),
+                    fastnn.LogisticRegression()):
+            try:
+                est.predict(X)
+            except NotFittedError as exc:
+                assert isinstance(exc, ValueError) and isinstance(exc, AttributeError)
+            else:
+                raise AssertionError("not fitted")
+            assert est.fit(X, y).score(X, y) > 0.9
+            assert est.n_features_in_ == 4
+            for bad, word in ((X[:, 0], "eshape"), (np.full((3, 4), np.nan), "NaN"),
+                              (X[:, :3], "features"), (np.empty((0, 4)), "empty")):
+                try:
+                    est.predict(bad)
+                except ValueError as exc:
+                    assert word in str(exc), exc
+                else:
+                    raise AssertionError(word)
+        reg = fastnn.MLPRegressor(hidden_layer_sizes=(8,), max_iter=200, random_state=0)
+        assert reg.fit(X, X[:, 0] - X[:, 1]).score(X, X[:, 0] - X[:, 1]) > 0.8
+        assert reg.get_params()["max_iter"] == 200
+        assert reg.set_params(max_iter=3).max_iter == 3
+        assert repr(reg) == "MLPRegressor(hidden_layer_sizes=(8,), max_iter=3, random_state=0)"
+        print("ok")
+    """)
+    env = {**os.environ, "PYTHONPATH": ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""),
+           "FASTNN_NUM_THREADS": "1"}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
+                         timeout=120)
+    assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr
