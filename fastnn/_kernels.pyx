@@ -34,14 +34,15 @@ cdef enum:
     # Multiply-adds (about 100 us of single-core GEMM) below which a product
     # is not split across the team, for the same reason.
     MIN_PARALLEL_GEMM = 1 << 23
-    # GEMMs split across the team are split by output rows at multiples of
-    # this.  OpenBLAS tiles rows in groups of 3 x its unroll (24 for the
-    # Haswell sgemm kernel, 24 or less for the others), and a row's rounding
-    # depends on its place in that tiling: splitting elsewhere would make
-    # results depend on the thread count.  Every split GEMM runs single-
-    # threaded BLAS, since OpenBLAS's own threading is not bit-reproducible
-    # across thread counts either.
-    GEMM_ROW_ALIGN = 24
+    # Larger products are cut into a fixed grid of output tiles of about this
+    # many rows and columns, each one single-threaded BLAS call, spread over
+    # the team.  The grid depends on the shape only, never on the thread
+    # count, so every element is computed by the same call whatever the
+    # number of threads (OpenBLAS's own threading is not bit-reproducible
+    # across thread counts, and its rounding of an element depends on where
+    # it falls in the call's tiling).
+    GEMM_TILE_ROWS = 256
+    GEMM_TILE_COLS = 128
 
 # Activation codes shared with functional.py (ACTIVATIONS maps names to them).
 cpdef enum Activation:
@@ -482,34 +483,23 @@ cdef inline void _gemm(char transa, char transb, int m, int n, int k, floating a
               &beta, c, &ldc)
 
 
-cdef void _bias_activation_rows(floating* O, const floating* b, Py_ssize_t start,
-                                Py_ssize_t stop, Py_ssize_t n_out, int kind,
-                                floating alpha) noexcept nogil:
+cdef void _bias_activation(floating* O, const floating* b, Py_ssize_t i0, Py_ssize_t i1,
+                           Py_ssize_t j0, Py_ssize_t j1, Py_ssize_t ldo, int kind,
+                           floating alpha) noexcept nogil:
+    """O[i0:i1, j0:j1] = f(O + b) for one output tile."""
     cdef Py_ssize_t i, j
     cdef floating* o
-    for i in range(start, stop):
-        o = O + i * n_out
+    for i in range(i0, i1):
+        o = O + i * ldo
         if b != NULL:
-            for j in range(n_out):
+            for j in range(j0, j1):
                 o[j] = o[j] + b[j]
         if kind != IDENTITY:
-            _activation_forward_range(o, o, 0, n_out, kind, alpha)
+            _activation_forward_range(o, o, j0, j1, kind, alpha)
 
 
-cdef inline bint _split_gemm(Py_ssize_t macs) noexcept nogil:
-    """Whether a product of ``macs`` multiply-adds is split across the team."""
-    return _blas_threads_local != NULL and _n_threads > 1 and macs >= MIN_PARALLEL_GEMM
-
-
-cdef inline Py_ssize_t _block_start(Py_ssize_t n, int part, int parts) noexcept nogil:
-    """Start of block ``part`` of ``parts`` near-equal blocks of range(n), on a
-    multiple of GEMM_ROW_ALIGN so that each row's result does not depend on
-    the number of blocks (see GEMM_ROW_ALIGN)."""
-    if part >= parts:
-        return n
-    cdef Py_ssize_t start = (n * part) // parts
-    start = (start + GEMM_ROW_ALIGN // 2) // GEMM_ROW_ALIGN * GEMM_ROW_ALIGN
-    return start if start < n else n
+cdef inline Py_ssize_t _cdiv(Py_ssize_t a, Py_ssize_t b) noexcept nogil:
+    return (a + b - 1) // b
 
 
 cdef inline int _blas_single_begin() noexcept nogil:
@@ -521,43 +511,74 @@ cdef inline void _blas_single_end(int previous) noexcept nogil:
         _blas_threads_local(previous)
 
 
-cdef void _forward_rows(const floating* A, const floating* W, const floating* b, floating* O,
-                        Py_ssize_t lo, Py_ssize_t hi, Py_ssize_t n_in, Py_ssize_t n_out,
-                        int kind, floating alpha) noexcept nogil:
-    """O[lo:hi] = f(A[lo:hi] W + b): the epilogue runs while the block is in cache."""
-    if hi <= lo:
+cdef struct TileGrid:
+    Py_ssize_t m, n, row_tiles, col_tiles, tile_rows, tile_cols
+
+
+cdef inline TileGrid _tile_grid(Py_ssize_t m, Py_ssize_t n, Py_ssize_t k) noexcept nogil:
+    """The output tiling of an (m, n) = (m, k)(k, n) product: a single tile
+    below MIN_PARALLEL_GEMM, else near-equal tiles of about GEMM_TILE_ROWS x
+    GEMM_TILE_COLS.  A function of the shape alone (see GEMM_TILE_ROWS)."""
+    cdef TileGrid g
+    g.m, g.n = m, n
+    g.row_tiles = g.col_tiles = 1
+    if _blas_threads_local != NULL and m * n * k >= MIN_PARALLEL_GEMM:
+        g.row_tiles = _cdiv(m, GEMM_TILE_ROWS)
+        g.col_tiles = _cdiv(n, GEMM_TILE_COLS)
+    g.tile_rows = _cdiv(m, g.row_tiles)
+    g.tile_cols = _cdiv(n, g.col_tiles)
+    return g
+
+
+cdef void _gemm_tile(const TileGrid* g, Py_ssize_t t, bint trans_a, bint trans_b,
+                     Py_ssize_t k, const floating* A, Py_ssize_t lda, const floating* B,
+                     Py_ssize_t ldb, floating* C, Py_ssize_t ldc, const floating* bias,
+                     int kind, floating alpha) noexcept nogil:
+    """Tile ``t`` of the row-major C = op(A) op(B), then (when ``bias`` or
+    ``kind`` asks for it) the bias + activation epilogue while the tile is in
+    cache.  Issued as the column-major C^T = op(B)^T op(A)^T."""
+    cdef Py_ssize_t i0 = (t // g.col_tiles) * g.tile_rows, j0 = (t % g.col_tiles) * g.tile_cols
+    cdef Py_ssize_t i1 = min(i0 + g.tile_rows, g.m), j1 = min(j0 + g.tile_cols, g.n)
+    if i1 <= i0 or j1 <= j0:
         return
-    _gemm(c'N', c'N', <int>n_out, <int>(hi - lo), <int>n_in, 1, W, <int>n_out, A + lo * n_in,
-          <int>n_in, 0, O + lo * n_out, <int>n_out)
-    if b != NULL or kind != IDENTITY:
-        _bias_activation_rows(O, b, lo, hi, n_out, kind, alpha)
+    _gemm(c'T' if trans_b else c'N', c'T' if trans_a else c'N', <int>(j1 - j0), <int>(i1 - i0),
+          <int>k, 1, B + (j0 * ldb if trans_b else j0), <int>ldb,
+          A + (i0 if trans_a else i0 * lda), <int>lda, 0, C + i0 * ldc + j0, <int>ldc)
+    if bias != NULL or kind != IDENTITY:
+        _bias_activation(C, bias, i0, i1, j0, j1, ldc, kind, alpha)
+
+
+cdef void _gemm_tiled(bint trans_a, bint trans_b, Py_ssize_t m, Py_ssize_t n, Py_ssize_t k,
+                      const floating* A, Py_ssize_t lda, const floating* B, Py_ssize_t ldb,
+                      floating* C, Py_ssize_t ldc, const floating* bias, int kind,
+                      floating alpha) noexcept nogil:
+    """Row-major C (m, n) = op(A) op(B) [+ bias, activation], its tiles
+    spread over the team (dynamically: any thread may take any tile, the
+    result is the same), each on single-threaded BLAS."""
+    cdef TileGrid g = _tile_grid(m, n, k)
+    cdef Py_ssize_t n_tiles = g.row_tiles * g.col_tiles, t
+    cdef int previous
+    if n_tiles == 1:
+        previous = _blas_single_begin()
+        _gemm_tile(&g, 0, trans_a, trans_b, k, A, lda, B, ldb, C, ldc, bias, kind, alpha)
+        _blas_single_end(previous)
+        return
+    with parallel(num_threads=_n_threads):
+        previous = _blas_single_begin()
+        for t in prange(n_tiles, schedule="dynamic"):
+            _gemm_tile(&g, t, trans_a, trans_b, k, A, lda, B, ldb, C, ldc, bias, kind, alpha)
+        _blas_single_end(previous)
 
 
 def dense_forward(const floating[:, ::1] A, const floating[:, ::1] W, const floating[::1] b,
                   floating[:, ::1] out, int kind, double alpha):
-    """out = f(A W + b): GEMM on BLAS, then one fused bias + activation pass.
-
-    Large products are split by rows across the OpenMP team, each thread
-    calling single-threaded BLAS on its block and applying the epilogue to it."""
+    """out = f(A W + b): BLAS GEMM with the bias + activation epilogue fused
+    per output tile."""
     cdef Py_ssize_t n = A.shape[0], n_in = A.shape[1], n_out = W.shape[1]
     cdef const floating* bp = &b[0] if b is not None else NULL
-    cdef const floating* ap = &A[0, 0]
-    cdef const floating* wp = &W[0, 0]
-    cdef floating* op = &out[0, 0]
-    cdef int part, parts, previous
     with nogil:
-        if _split_gemm(n * n_in * n_out):
-            parts = _n_threads
-            for part in prange(parts, schedule="static", num_threads=_n_threads):
-                previous = _blas_single_begin()
-                _forward_rows(ap, wp, bp, op, _block_start(n, part, parts),
-                              _block_start(n, part + 1, parts), n_in, n_out, kind,
-                              <floating>alpha)
-                _blas_single_end(previous)
-        else:
-            previous = _blas_single_begin()
-            _forward_rows(ap, wp, bp, op, 0, n, n_in, n_out, kind, <floating>alpha)
-            _blas_single_end(previous)
+        _gemm_tiled(False, False, n, n_out, n_in, &A[0, 0], n_in, &W[0, 0], n_out,
+                    &out[0, 0], n_out, bp, kind, <floating>alpha)
 
 
 cdef void _delta_colsum_chunk(const floating* O, const floating* G, floating* D, double* colsum,
@@ -577,38 +598,18 @@ cdef void _delta_colsum_chunk(const floating* O, const floating* G, floating* D,
             colsum[j] += D[i * n_out + j]
 
 
-cdef void _backward_gemms(const floating* A, const floating* W, const floating* D, floating* dA,
-                          floating* dW, Py_ssize_t n, Py_ssize_t n_in, Py_ssize_t n_out,
-                          int part, int parts) noexcept nogil:
-    """Block ``part`` of dW = A^T D (rows of dW) and of dA = D W^T (rows of dA).
-
-    Row-major products are issued as their column-major transposes."""
-    cdef Py_ssize_t lo = _block_start(n_in, part, parts), hi = _block_start(n_in, part + 1, parts)
-    if hi > lo:
-        _gemm(c'N', c'T', <int>n_out, <int>(hi - lo), <int>n, 1, D, <int>n_out, A + lo,
-              <int>n_in, 0, dW + lo * n_out, <int>n_out)
-    if dA == NULL:
-        return
-    lo = _block_start(n, part, parts)
-    hi = _block_start(n, part + 1, parts)
-    if hi > lo:
-        _gemm(c'T', c'N', <int>n_in, <int>(hi - lo), <int>n_out, 1, W, <int>n_out,
-              D + lo * n_out, <int>n_out, 0, dA + lo * n_in, <int>n_in)
-
-
 def dense_backward(const floating[:, ::1] A, const floating[:, ::1] W, const floating[:, ::1] O,
                    const floating[:, ::1] G, floating[:, ::1] delta, floating[:, ::1] dA,
                    floating[:, ::1] dW, floating[::1] db, int kind, double alpha):
     """delta = G * f'(O) fused with db = column sums of delta; then
-    dW = A^T delta and (when dA is given) dA = delta W^T on BLAS, split
-    across the team like dense_forward.  ``delta`` may alias ``G``."""
+    dW = A^T delta and (when dA is given) dA = delta W^T, tiled like
+    dense_forward.  ``delta`` may alias ``G``."""
     cdef Py_ssize_t n = A.shape[0], n_in = A.shape[1], n_out = W.shape[1]
     cdef Py_ssize_t n_chunks = _n_chunks(n), ch, j
     cdef floating* dp = &delta[0, 0]
     cdef floating* dA_p = &dA[0, 0] if dA is not None else NULL
     cdef double* partial = <double*> malloc(n_chunks * n_out * sizeof(double))
     cdef double s
-    cdef int part, parts, previous
     if partial == NULL:
         raise MemoryError()
     with nogil:
@@ -622,17 +623,11 @@ def dense_backward(const floating[:, ::1] A, const floating[:, ::1] W, const flo
             for ch in range(n_chunks):
                 s = s + partial[ch * n_out + j]
             db[j] = <floating>s
-        if _split_gemm(n * n_in * n_out):
-            parts = _n_threads
-            for part in prange(parts, schedule="static", num_threads=_n_threads):
-                previous = _blas_single_begin()
-                _backward_gemms(&A[0, 0], &W[0, 0], dp, dA_p, &dW[0, 0], n, n_in, n_out,
-                                part, parts)
-                _blas_single_end(previous)
-        else:
-            previous = _blas_single_begin()
-            _backward_gemms(&A[0, 0], &W[0, 0], dp, dA_p, &dW[0, 0], n, n_in, n_out, 0, 1)
-            _blas_single_end(previous)
+        _gemm_tiled(True, False, n_in, n_out, n, &A[0, 0], n_in, dp, n_out, &dW[0, 0], n_out,
+                    NULL, IDENTITY, 0)
+        if dA_p != NULL:
+            _gemm_tiled(False, True, n, n_in, n_out, dp, n_out, &W[0, 0], n_out, dA_p, n_in,
+                        NULL, IDENTITY, 0)
     free(partial)
 
 
