@@ -318,7 +318,7 @@ cdef double _xent_chunk(const floating* Z, const int64_t* labels, const floating
     Targets are class indices (``labels``) or probability rows (``T``); the
     smoothed target row is (1 - smoothing) y + smoothing / C.  Per row: one
     pass for the max, one for exp and its sum (exp stored in the gradient
-    row), one to scale and subtract the target, accumulating sum_k y_k z_k.
+    row), one to scale and subtract the target, accumulating sum_k y_k (z_k - m).
     """
     cdef double total = 0, loss, y_dot_z, y_sum, z_sum
     cdef const floating* z
@@ -340,11 +340,13 @@ cdef double _xent_chunk(const floating* Z, const int64_t* labels, const floating
                 g[k] = g[k] * inv - <floating>(w * scale) * off
             g[label] -= <floating>(w * scale * (1 - smoothing))
             y_sum = 1
-            y_dot_z = (1 - smoothing) * z[label]
+            # shifted by the row max, as the loss below: (m + log s) - z
+            # would lose log s to the rounding of m at large |m|
+            y_dot_z = (1 - smoothing) * (<double>z[label] - m)
             if smoothing != 0:
                 z_sum = 0
                 for k in range(c):
-                    z_sum += z[k]
+                    z_sum += <double>z[k] - m
                 y_dot_z += smoothing / c * z_sum
         else:
             # soft targets: grad = p * sum(y) - y  (MATH.md section 4)
@@ -353,11 +355,11 @@ cdef double _xent_chunk(const floating* Z, const int64_t* labels, const floating
                 y = _smoothed(T[i * c + k], smoothing, c)
                 y_sum += y
                 if y != 0:                     # 0 * (-inf) must not poison the loss
-                    y_dot_z += y * z[k]
+                    y_dot_z += y * (<double>z[k] - m)
             inv = inv * <floating>y_sum
             for k in range(c):
                 g[k] = g[k] * inv - <floating>(w * scale) * _smoothed(T[i * c + k], smoothing, c)
-        loss = ((<double>m + log(<double>s)) * y_sum - y_dot_z)
+        loss = log(<double>s) * y_sum - y_dot_z
         if L != NULL:
             L[i] = <floating>(w * loss)
         total += w * loss
@@ -692,14 +694,28 @@ def logistic_loss_grad(const floating[:, ::1] X, const floating[::1] w, double b
 # optimiser updates: one fused pass over each parameter array
 # ---------------------------------------------------------------------------
 cdef inline floating _sign(floating x) noexcept nogil:
+    if x != x:                                # NaN, as numpy.sign
+        return x
     return (x > 0) - (x < 0)
 
 
 cdef inline floating _l1_clip(floating old, floating new, floating l1) noexcept nogil:
     # An L1 step may shrink a weight to zero but never carries it across.
-    if l1 != 0 and old * new < 0:
+    # Signs compared directly: old * new underflows to -0 for tiny weights.
+    if l1 != 0 and ((old > 0 and new < 0) or (old < 0 and new > 0)):
         return 0
     return new
+
+
+cdef inline floating _regularised(floating g, floating theta, floating l2,
+                                  floating l1) noexcept nogil:
+    # g + l2 theta + l1 sign(theta), terms with a zero coefficient skipped:
+    # 0 * inf would turn an infinite weight's update into NaN.
+    if l2 != 0:
+        g = g + l2 * theta
+    if l1 != 0:
+        g = g + l1 * _sign(theta)
+    return g
 
 
 def sgd_step(floating[::1] p, const floating[::1] g, floating[::1] velocity, double lr,
@@ -712,7 +728,7 @@ def sgd_step(floating[::1] p, const floating[::1] g, floating[::1] velocity, dou
     cdef floating fl1 = <floating>l1, gi, u, v
     for i in prange(n, nogil=True, schedule="static", num_threads=_n_threads,
                     use_threads_if=n >= MIN_PARALLEL_WORK):
-        gi = gp[i] + fl2 * pp[i] + fl1 * _sign(pp[i])
+        gi = _regularised(gp[i], pp[i], fl2, fl1)
         if vp != NULL:
             v = mu * vp[i] - flr * gi
             vp[i] = v
@@ -740,7 +756,7 @@ def adam_step(floating[::1] p, const floating[::1] g, floating[::1] m, floating[
     for i in prange(n, nogil=True, schedule="static", num_threads=_n_threads,
                     use_threads_if=n >= MIN_PARALLEL_WORK):
         theta = pp[i] * keep if decay != 0 else pp[i]
-        gi = gp[i] + fl2 * theta + fl1 * _sign(theta)
+        gi = _regularised(gp[i], theta, fl2, fl1)
         mi = b1 * mp[i] + c1 * gi
         vi = b2 * vp[i] + c2 * gi * gi
         mp[i] = mi

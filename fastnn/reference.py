@@ -185,10 +185,15 @@ def activation_backward(o, grad_out, name, *, alpha=0.01, out=None):
     elif name == "tanh":
         derivative = 1 - o * o
     elif name == "relu":
-        derivative = (o > 0).astype(dtype)  # 0 at z = 0 by convention
+        derivative = None  # a selection, below
     else:
         derivative = np.where(o >= 0, dtype(1), dtype(alpha))
-    delta = grad_out * derivative
+    if derivative is None:
+        # relu selects (0 at z = 0 by convention): an inactive unit's delta is
+        # 0 even for an inf/NaN grad_out, as the kernel and PyTorch
+        delta = np.where(o > 0, grad_out, dtype(0))
+    else:
+        delta = grad_out * derivative
     return _finish(delta, out)
 
 
@@ -400,8 +405,8 @@ def _regularised_grad(param, grad, l2, l1):
 
 def _clip_sign_flips(new_param, old_param, l1):
     """With L1, a weight that would cross zero stops at exactly zero."""
-    if l1 > 0:
-        new_param[new_param * old_param < 0] = 0
+    if l1 > 0:  # signs compared, not the product: it underflows for tiny weights
+        new_param[np.sign(new_param) * np.sign(old_param) < 0] = 0
 
 
 def sgd_step(param, grad, velocity=None, *, lr, momentum=0.0, nesterov=False, l2=0.0, l1=0.0):

@@ -14,7 +14,9 @@ import pytest
 import fastnn
 from fastnn.estimators import LogisticRegression, MLPClassifier, MLPRegressor, NotFittedError
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# The directory holding the imported fastnn (source tree or site-packages):
+# subprocesses must import this very package, e.g. the installed wheel in CI.
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(fastnn.__file__)))
 
 
 def _sklearn():
