@@ -693,49 +693,41 @@ def logistic_loss_grad(const floating[:, ::1] X, const floating[::1] w, double b
 # ---------------------------------------------------------------------------
 # optimiser updates: one fused pass over each parameter array
 # ---------------------------------------------------------------------------
-cdef inline floating _sign(floating x) noexcept nogil:
-    if x != x:                                # NaN, as numpy.sign
-        return x
-    return (x > 0) - (x < 0)
+cdef extern from "fastnn_update.h" nogil:
+    void fastnn_sgd_f(float* p, const float* g, float* v, Py_ssize_t n, float lr, float mu,
+                      int nesterov, float l2, float l1)
+    void fastnn_sgd_d(double* p, const double* g, double* v, Py_ssize_t n, double lr,
+                      double mu, int nesterov, double l2, double l1)
+    void fastnn_adam_f(float* p, const float* g, float* m, float* v, Py_ssize_t n, float lr_t,
+                       float b1, float b2, float c1, float c2, float eps, float l2, float l1,
+                       float keep)
+    void fastnn_adam_d(double* p, const double* g, double* m, double* v, Py_ssize_t n,
+                       double lr_t, double b1, double b2, double c1, double c2, double eps,
+                       double l2, double l1, double keep)
 
 
-cdef inline floating _l1_clip(floating old, floating new, floating l1) noexcept nogil:
-    # An L1 step may shrink a weight to zero but never carries it across.
-    # Signs compared directly: old * new underflows to -0 for tiny weights.
-    if l1 != 0 and ((old > 0 and new < 0) or (old < 0 and new > 0)):
-        return 0
-    return new
-
-
-cdef inline floating _regularised(floating g, floating theta, floating l2,
-                                  floating l1) noexcept nogil:
-    # g + l2 theta + l1 sign(theta), terms with a zero coefficient skipped:
-    # 0 * inf would turn an infinite weight's update into NaN.
-    if l2 != 0:
-        g = g + l2 * theta
-    if l1 != 0:
-        g = g + l1 * _sign(theta)
-    return g
+cdef enum:
+    # Parameters per block of an optimiser update (the unit spread over the team).
+    UPDATE_BLOCK = 16384
 
 
 def sgd_step(floating[::1] p, const floating[::1] g, floating[::1] velocity, double lr,
              double momentum, bint nesterov, double l2, double l1):
-    cdef Py_ssize_t n = p.shape[0], i
+    """One SGD update in place (csrc/fastnn_update.h), blocks across the team."""
+    cdef Py_ssize_t n = p.shape[0], n_blocks = _cdiv(n, UPDATE_BLOCK), blk, lo
     cdef floating* pp = &p[0]
     cdef const floating* gp = &g[0]
     cdef floating* vp = &velocity[0] if velocity is not None else NULL
-    cdef floating flr = <floating>lr, mu = <floating>momentum, fl2 = <floating>l2
-    cdef floating fl1 = <floating>l1, gi, u, v
-    for i in prange(n, nogil=True, schedule="static", num_threads=_n_threads,
-                    use_threads_if=n >= MIN_PARALLEL_WORK):
-        gi = _regularised(gp[i], pp[i], fl2, fl1)
-        if vp != NULL:
-            v = mu * vp[i] - flr * gi
-            vp[i] = v
-            u = mu * v - flr * gi if nesterov else v
+    for blk in prange(n_blocks, nogil=True, schedule="static", num_threads=_n_threads,
+                      use_threads_if=n >= MIN_PARALLEL_WORK):
+        lo = blk * UPDATE_BLOCK
+        if floating is float:
+            fastnn_sgd_f(pp + lo, gp + lo, vp + lo if vp != NULL else NULL,
+                         min(UPDATE_BLOCK, n - lo), <float>lr, <float>momentum, nesterov,
+                         <float>l2, <float>l1)
         else:
-            u = -flr * gi
-        pp[i] = _l1_clip(pp[i], pp[i] + u, fl1)
+            fastnn_sgd_d(pp + lo, gp + lo, vp + lo if vp != NULL else NULL,
+                         min(UPDATE_BLOCK, n - lo), lr, momentum, nesterov, l2, l1)
 
 
 def adam_step(floating[::1] p, const floating[::1] g, floating[::1] m, floating[::1] v,
@@ -743,25 +735,24 @@ def adam_step(floating[::1] p, const floating[::1] g, floating[::1] m, floating[
               double decay):
     """``lr_t`` is the bias-corrected step size; ``decay`` = lr * weight_decay
     (decoupled, AdamW) applied before the gradient step."""
-    cdef Py_ssize_t n = p.shape[0], i
+    cdef Py_ssize_t n = p.shape[0], n_blocks = _cdiv(n, UPDATE_BLOCK), blk, lo
     cdef floating* pp = &p[0]
     cdef const floating* gp = &g[0]
     cdef floating* mp = &m[0]
     cdef floating* vp = &v[0]
-    cdef floating b1 = <floating>beta1, b2 = <floating>beta2, feps = <floating>eps
     # 1 - beta in double, then rounded: 1 - <float>0.999 is off by 1.3e-5 relative.
     cdef floating c1 = <floating>(1 - beta1), c2 = <floating>(1 - beta2)
-    cdef floating flr = <floating>lr_t, fl2 = <floating>l2, fl1 = <floating>l1
-    cdef floating keep = <floating>(1 - decay), gi, theta, mi, vi
-    for i in prange(n, nogil=True, schedule="static", num_threads=_n_threads,
-                    use_threads_if=n >= MIN_PARALLEL_WORK):
-        theta = pp[i] * keep if decay != 0 else pp[i]
-        gi = _regularised(gp[i], theta, fl2, fl1)
-        mi = b1 * mp[i] + c1 * gi
-        vi = b2 * vp[i] + c2 * gi * gi
-        mp[i] = mi
-        vp[i] = vi
-        pp[i] = _l1_clip(theta, theta - flr * mi / (_sqrt(vi) + feps), fl1)
+    cdef floating keep = <floating>(1 - decay)
+    for blk in prange(n_blocks, nogil=True, schedule="static", num_threads=_n_threads,
+                      use_threads_if=n >= MIN_PARALLEL_WORK):
+        lo = blk * UPDATE_BLOCK
+        if floating is float:
+            fastnn_adam_f(pp + lo, gp + lo, mp + lo, vp + lo, min(UPDATE_BLOCK, n - lo),
+                          <float>lr_t, <float>beta1, <float>beta2, c1, c2, <float>eps,
+                          <float>l2, <float>l1, keep)
+        else:
+            fastnn_adam_d(pp + lo, gp + lo, mp + lo, vp + lo, min(UPDATE_BLOCK, n - lo),
+                          lr_t, beta1, beta2, c1, c2, eps, l2, l1, keep)
 
 
 def simd_variant():

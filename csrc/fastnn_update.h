@@ -1,0 +1,73 @@
+/* Optimiser updates over a block of parameters, written as straight-line
+ * code (selects, no branches in the loop body) so that the compiler
+ * vectorises them: the kernels in _kernels.pyx split a parameter array into
+ * blocks across the OpenMP team and call these on each block.
+ *
+ * Regularised gradient g' = g + l2 theta + l1 sign(theta); a term whose
+ * coefficient is zero is left out (0 * inf would make an infinite weight
+ * NaN), sign(NaN) = NaN as numpy.sign.  With l1 > 0 a step that would carry
+ * a weight across zero stops at exactly zero (signs compared directly:
+ * old * new underflows to -0 for tiny weights). */
+#ifndef FASTNN_UPDATE_H
+#define FASTNN_UPDATE_H
+
+#include "fastnn_simd.h"
+
+#define FASTNN_DEFINE_UPDATES(suffix, type, sqrt_fn)                                     \
+    static inline type fastnn_regularised_##suffix(type g, type theta, type l2, type l1)  \
+    {                                                                                    \
+        type sign = (type)((theta > 0) - (theta < 0));                                   \
+        sign = theta == theta ? sign : theta;                                            \
+        g = l2 != 0 ? g + l2 * theta : g;                                                \
+        return l1 != 0 ? g + l1 * sign : g;                                              \
+    }                                                                                    \
+    static inline type fastnn_l1_clip_##suffix(type old, type new_, type l1)              \
+    {                                                                                    \
+        int flips = (old > 0 && new_ < 0) || (old < 0 && new_ > 0);                      \
+        return (l1 != 0 && flips) ? (type)0 : new_;                                      \
+    }                                                                                    \
+    /* SGD; v == NULL: no momentum. */                                                   \
+    FASTNN_CLONES static void fastnn_sgd_##suffix(type *p, const type *g, type *v,       \
+                                                  ptrdiff_t n, type lr, type mu,         \
+                                                  int nesterov, type l2, type l1)        \
+    {                                                                                    \
+        if (v == NULL) {                                                                 \
+            _Pragma("omp simd")                                                          \
+            for (ptrdiff_t i = 0; i < n; i++) {                                          \
+                type gi = fastnn_regularised_##suffix(g[i], p[i], l2, l1);               \
+                p[i] = fastnn_l1_clip_##suffix(p[i], p[i] - lr * gi, l1);                \
+            }                                                                            \
+        } else {                                                                         \
+            type nest = nesterov ? (type)1 : (type)0;                                    \
+            _Pragma("omp simd")                                                          \
+            for (ptrdiff_t i = 0; i < n; i++) {                                          \
+                type gi = fastnn_regularised_##suffix(g[i], p[i], l2, l1);               \
+                type vi = mu * v[i] - lr * gi;                                           \
+                v[i] = vi;                                                               \
+                type u = nest != 0 ? mu * vi - lr * gi : vi;                             \
+                p[i] = fastnn_l1_clip_##suffix(p[i], p[i] + u, l1);                      \
+            }                                                                            \
+        }                                                                                \
+    }                                                                                    \
+    /* Adam(W): lr_t bias-corrected; keep = 1 - lr * weight_decay (1: none). */          \
+    FASTNN_CLONES static void fastnn_adam_##suffix(type *p, const type *g, type *m,      \
+                                                   type *v, ptrdiff_t n, type lr_t,      \
+                                                   type b1, type b2, type c1, type c2,   \
+                                                   type eps, type l2, type l1, type keep) \
+    {                                                                                    \
+        _Pragma("omp simd")                                                              \
+        for (ptrdiff_t i = 0; i < n; i++) {                                              \
+            type theta = keep != 1 ? p[i] * keep : p[i];                                 \
+            type gi = fastnn_regularised_##suffix(g[i], theta, l2, l1);                  \
+            type mi = b1 * m[i] + c1 * gi;                                               \
+            type vi = b2 * v[i] + c2 * gi * gi;                                          \
+            m[i] = mi;                                                                   \
+            v[i] = vi;                                                                   \
+            p[i] = fastnn_l1_clip_##suffix(theta, theta - lr_t * mi / (sqrt_fn(vi) + eps), l1); \
+        }                                                                                \
+    }
+
+FASTNN_DEFINE_UPDATES(f, float, sqrtf)
+FASTNN_DEFINE_UPDATES(d, double, sqrt)
+
+#endif
