@@ -60,18 +60,64 @@ def _compile_flags():
     if sys.platform == "win32":
         return ["/O2"]
     # -O3 for the numeric loops; no -ffast-math: NaN/inf handling is part of
-    # the contract.  The baseline ISA is the platform's own (portable wheel);
-    # FASTNN_NATIVE=1 tunes for the building machine instead.
-    # No value-changing flags (-ffast-math, -fassociative-math): the hot
-    # reductions are vectorised explicitly with `omp simd` (csrc/fastnn_simd.h),
-    # which -fopenmp-simd enables even in a build without the OpenMP runtime.
+    # the contract.  No value-changing flags (-ffast-math, -fassociative-math):
+    # the hot reductions are vectorised explicitly with `omp simd`
+    # (csrc/fastnn_simd.h), which -fopenmp-simd enables even in a build
+    # without the OpenMP runtime.
     flags = ["-O3", "-fno-math-errno", "-fno-trapping-math", "-fopenmp-simd",
              "-Wno-unreachable-code"]
-    if os.environ.get("FASTNN_NATIVE"):
-        flags.append("-march=native")
     if os.environ.get("FASTNN_SANITIZE"):
         flags += ["-fsanitize=address,undefined", "-fno-omit-frame-pointer", "-O1"]
     return flags
+
+
+# Instruction-set variants of the whole kernel module, best first; the names
+# are those of FASTNN_SIMD and fastnn._kernels (the run-time dispatcher).
+X86_VARIANTS = {
+    "x86-64-v4": ["-march=x86-64-v4", "-mtune=generic"],   # AVX-512 F/BW/CD/DQ/VL
+    "x86-64-v3": ["-march=x86-64-v3", "-mtune=generic"],   # AVX2, FMA, BMI2
+    "baseline": ["-march=x86-64", "-mtune=generic"],       # SSE2: any x86-64 CPU
+}
+
+
+def _variants():
+    """{variant name: extra compile flags} for this platform and compiler.
+
+    Several -march variants only where the run-time dispatcher can check the
+    CPU (x86-64 Linux, via /proc/cpuinfo) and the compiler knows the levels
+    (GCC >= 11, Clang >= 12); everywhere else (aarch64, macOS, Windows...)
+    one baseline module with the compiler's default target."""
+    if os.environ.get("FASTNN_NATIVE") and sys.platform != "win32":  # this machine only
+        return {"native": ["-march=native"]}
+    if (platform.machine().lower() in ("x86_64", "amd64") and sys.platform.startswith("linux")
+            and not os.environ.get("FASTNN_SIMD_BASELINE_ONLY")):
+        usable = {name: flags for name, flags in X86_VARIANTS.items()
+                  if _try_compile("int main(void) { return 0; }", flags)}
+        if "baseline" in usable:
+            return usable
+    return {"baseline": []}
+
+
+def _module_name(variant):
+    return "_kernels_" + variant.replace("-", "_")
+
+
+def _variant_shim(variant):
+    """A two-line C file that compiles the one Cython output as another module.
+
+    Cython names the module's init function after the module (PyInit__kernels
+    for fastnn/_kernels.pyx) and CPython looks for PyInit_<last part of the
+    module name>, so each variant renames it with a #define before including
+    fastnn/_kernels.c: one .pyx, one Cython run, one .c, several modules.
+    (Everything else in the module takes its name from the import spec.)
+    A separate file per variant also keeps the object files apart."""
+    shim = Path("build") / "fastnn_variants" / f"{_module_name(variant)}.c"
+    shim.parent.mkdir(parents=True, exist_ok=True)
+    text = (f"#define PyInit__kernels PyInit_{_module_name(variant)}\n"
+            '#include "_kernels.c"\n')
+    if not shim.exists() or shim.read_text() != text:
+        shim.write_text(text)
+    return str(shim)
 
 
 def _cython_directives():
@@ -101,23 +147,38 @@ def _extensions():
     if omp:
         cflags = cflags + omp
         ldflags = ldflags + [f for f in omp if f != "-Xpreprocessor"]
-    _write_build_config(omp is not None, cflags)
-    ext = [
+    variants = _variants()
+    _write_build_config(omp is not None, cflags, variants)
+    # An in-place build must not leave an older build's variant beside the
+    # new ones: fastnn._kernels would load it.
+    wanted = {_module_name(v) for v in variants}
+    for old in Path("fastnn").glob("_kernels_*"):
+        if old.suffix in (".so", ".pyd") and old.name.split(".")[0] not in wanted:
+            old.unlink()
+    # One Cython run: fastnn/_kernels.pyx -> fastnn/_kernels.c.
+    cythonize([Extension("fastnn._kernels", ["fastnn/_kernels.pyx"])],
+              compiler_directives=_cython_directives(),
+              compile_time_env={"FASTNN_OPENMP": omp is not None})
+    return [
         Extension(
-            f"fastnn.{pyx.stem}",
-            [str(pyx.relative_to(HERE))],
-            include_dirs=[numpy.get_include(), "csrc"],
-            extra_compile_args=cflags,
+            f"fastnn.{_module_name(variant)}",
+            [_variant_shim(variant)],
+            # fastnn/_kernels.c and its headers; the .c is a dependency so that
+            # editing the .pyx rebuilds every variant.
+            include_dirs=[numpy.get_include(), "csrc", "fastnn"],
+            depends=["fastnn/_kernels.c", *map(str, sorted(Path("csrc").glob("*.h")))],
+            extra_compile_args=cflags + flags,
             extra_link_args=ldflags,
-            define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")],
+            # FASTNN_NO_CLONES: compile csrc/fastnn_simd.h's loops for this
+            # variant's -march only (no target_clones inside a variant).
+            define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION"),
+                           ("FASTNN_NO_CLONES", "1")],
         )
-        for pyx in sorted((HERE / "fastnn").glob("_*.pyx"))
+        for variant, flags in variants.items()
     ]
-    return cythonize(ext, compiler_directives=_cython_directives(),
-                     compile_time_env={"FASTNN_OPENMP": omp is not None})
 
 
-def _write_build_config(openmp, cflags):
+def _write_build_config(openmp, cflags, variants):
     import Cython
 
     cc = _compiler()
@@ -131,6 +192,7 @@ def _write_build_config(openmp, cflags):
         "compiler": shutil.which(cc) or cc,
         "compiler_version": version,
         "compile_flags": " ".join(cflags),
+        "simd_variants_compiled": {name: " ".join(flags) for name, flags in variants.items()},
         "machine": platform.machine(),
         "cython_version": Cython.__version__,
         "numpy_build_version": numpy.__version__,

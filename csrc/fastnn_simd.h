@@ -7,9 +7,13 @@
  * package is built without -ffast-math / -fassociative-math), so the results
  * do not depend on the thread count.
  *
- * On x86-64 Linux with GCC each loop is compiled for x86-64-v4 (AVX-512),
- * x86-64-v3 (AVX2+FMA) and the baseline, and the loader picks the variant
- * for the CPU it runs on (target_clones, resolved once per process).
+ * setup.py compiles the whole kernel module once per instruction-set level
+ * (-march=x86-64, x86-64-v3, x86-64-v4 on x86-64 Linux) with FASTNN_NO_CLONES
+ * defined, and fastnn/_kernels.py imports the best one the CPU supports, so
+ * these loops are built for the module's own -march.  Compiled without
+ * FASTNN_NO_CLONES (e.g. the .c built by hand) on x86-64 Linux with GCC, each
+ * loop is instead compiled for x86-64-v4, x86-64-v3 and the baseline and the
+ * loader picks one per CPU (target_clones, resolved once per process).
  */
 #ifndef FASTNN_SIMD_H
 #define FASTNN_SIMD_H
@@ -27,19 +31,25 @@
 #define FASTNN_CLONES
 #endif
 
-/* Which of the variants above the loader picked for this CPU. */
+/* The instruction set these loops were compiled for. */
 static const char *fastnn_simd_variant(void)
 {
 #if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && defined(__linux__) \
     && !defined(FASTNN_NO_CLONES)
     __builtin_cpu_init();
     if (__builtin_cpu_supports("x86-64-v4"))
-        return "x86-64-v4 (AVX-512)";
+        return "x86-64-v4 (AVX-512, target_clones)";
     if (__builtin_cpu_supports("x86-64-v3"))
-        return "x86-64-v3 (AVX2+FMA)";
-    return "baseline";
+        return "x86-64-v3 (AVX2+FMA, target_clones)";
+    return "baseline (target_clones)";
+#elif defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VL__)
+    return "x86-64-v4 (AVX-512)";
+#elif defined(__AVX2__) && defined(__FMA__)
+    return "x86-64-v3 (AVX2+FMA)";
+#elif defined(__x86_64__)
+    return "baseline (x86-64, SSE2)";
 #else
-    return "single (no run-time dispatch in this build)";
+    return "baseline";
 #endif
 }
 

@@ -104,17 +104,13 @@ def num_threads(n):
 
 
 def _simd_level():
-    """The best x86 SIMD level the CPU offers (what the compiler may use is
-    reported separately in the compile flags)."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            flags = next((line.split(":", 1)[1].split() for line in f
-                          if line.startswith("flags")), [])
-    except OSError:
+    """The best x86-64 level the CPU offers (what fastnn runs is reported
+    separately, as simd_variant)."""
+    flags = _kernels.cpu_flags()
+    if flags is None:
         return platform.machine()
-    for level, needed in (("AVX-512", {"avx512f"}), ("AVX2+FMA", {"avx2", "fma"}),
-                          ("AVX", {"avx"}), ("SSE4.2", {"sse4_2"})):
-        if needed <= set(flags):
+    for level in ("x86-64-v4", "x86-64-v3"):
+        if _kernels.cpu_supports(level, flags):
             return level
     return "baseline"
 
@@ -138,7 +134,11 @@ def build_info():
         "openmp_runtime": None,
         "num_threads": get_num_threads(),
         "cpu_simd": _simd_level(),
+        # The kernel module in use (FASTNN_SIMD caps it), what it was compiled
+        # for, and every variant this installation holds.
+        "simd_variant": _kernels.SIMD_VARIANT,
         "simd_kernels": _kernels.simd_variant(),
+        "simd_variants_built": ", ".join(_kernels.SIMD_VARIANTS_BUILT),
         "blas": None,
         "python": platform.python_version(),
         "numpy_version": numpy.__version__,
@@ -165,8 +165,10 @@ def build_info():
 
 def show_config():
     """Print what fastnn was built with and what it runs with."""
-    for key, value in build_info().items():
-        print(f"{key:>20}: {value}")
+    info = build_info()
+    width = max(map(len, info))
+    for key, value in info.items():
+        print(f"{key:>{width}}: {value}")
 
 
 _kernels.set_threads(_default_thread_count())

@@ -491,6 +491,8 @@ def test_works_without_sklearn():
     """)
     env = {**os.environ, "PYTHONPATH": ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""),
            "FASTNN_NUM_THREADS": "1"}
+    # cwd=ROOT: `python -c` puts the cwd first on sys.path, where a source
+    # tree would shadow an installed fastnn.
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
-                         timeout=120)
+                         timeout=120, cwd=ROOT)
     assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr
