@@ -115,6 +115,25 @@ def _simd_level():
     return "baseline"
 
 
+class _DlInfo(ctypes.Structure):
+    _fields_ = [("dli_fname", ctypes.c_char_p), ("dli_fbase", ctypes.c_void_p),
+                ("dli_sname", ctypes.c_char_p), ("dli_saddr", ctypes.c_void_p)]
+
+
+def _openmp_runtime():
+    """The file of the OpenMP runtime the kernels call (other packages may
+    have loaded runtimes of their own), found with dladdr on the address the
+    kernel module resolved."""
+    try:
+        dladdr = ctypes.CDLL(None).dladdr
+    except (OSError, AttributeError):
+        return None
+    found = _DlInfo()
+    if not dladdr(ctypes.c_void_p(_kernels.openmp_symbol_address()), ctypes.byref(found)):
+        return None
+    return os.path.realpath(found.dli_fname.decode())
+
+
 def build_info():
     """A dict describing how fastnn was built and what it runs with."""
     import numpy
@@ -146,13 +165,8 @@ def build_info():
     }
     info.update(BUILD_CONFIG)
     info["openmp"] = has_openmp   # what the binary really has, not what was asked
-    try:
-        from threadpoolctl import threadpool_info
-        for lib in threadpool_info():
-            if lib["user_api"] == "openmp" and info["openmp_runtime"] is None:
-                info["openmp_runtime"] = f"{lib['internal_api']} ({lib['filepath']})"
-    except ImportError:
-        pass
+    if has_openmp:
+        info["openmp_runtime"] = _openmp_runtime()
     blas = _scipy_blas()
     if blas is not None:
         info["blas"] = (f"{blas['internal_api']} {blas['version']} "

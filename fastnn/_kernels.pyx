@@ -88,6 +88,12 @@ def openmp_info():
     return bool(FASTNN_HAVE_OPENMP), FASTNN_OPENMP_VERSION, omp_get_max_threads()
 
 
+def openmp_symbol_address():
+    """Address of omp_get_max_threads as this module resolved it: tells which
+    OpenMP runtime the kernels really use when several are loaded."""
+    return <size_t><void*>omp_get_max_threads
+
+
 def openmp_team_size(int n):
     """Number of threads a parallel region really starts when asked for ``n``.
 
