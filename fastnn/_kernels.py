@@ -63,8 +63,11 @@ def choose(requested, built, flags):
         raise ImportError(f"FASTNN_SIMD={requested!r}: expected one of "
                           f"{', '.join(VARIANTS[1:])} (or unset for the best)")
     if not built:
-        raise ImportError("fastnn's compiled kernels are missing: in a source tree run "
-                          "`python setup.py build_ext --inplace` (or `pip install .`)")
+        raise ImportError(
+            f"fastnn's compiled kernels are missing in {os.path.dirname(__file__)}: in a "
+            "source tree run `python setup.py build_ext --inplace` (or `pip install .`). If "
+            "fastnn is installed, this is the unbuilt source tree shadowing it: run from "
+            "another directory, or use the `fastnn` command instead of `python -m fastnn`")
     usable = [v for v in built if cpu_supports(v, flags)]
     if not usable:
         raise ImportError(f"fastnn: this CPU runs none of the installed variants {built}")
