@@ -169,10 +169,7 @@ def _extensions():
             depends=["fastnn/_kernels.c", *map(str, sorted(Path("csrc").glob("*.h")))],
             extra_compile_args=cflags + flags,
             extra_link_args=ldflags,
-            # FASTNN_NO_CLONES: compile csrc/fastnn_simd.h's loops for this
-            # variant's -march only (no target_clones inside a variant).
-            define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION"),
-                           ("FASTNN_NO_CLONES", "1")],
+            define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")],
         )
         for variant, flags in variants.items()
     ]

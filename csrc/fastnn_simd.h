@@ -8,12 +8,9 @@
  * do not depend on the thread count.
  *
  * setup.py compiles the whole kernel module once per instruction-set level
- * (-march=x86-64, x86-64-v3, x86-64-v4 on x86-64 Linux) with FASTNN_NO_CLONES
- * defined, and fastnn/_kernels.py imports the best one the CPU supports, so
- * these loops are built for the module's own -march.  Compiled without
- * FASTNN_NO_CLONES (e.g. the .c built by hand) on x86-64 Linux with GCC, each
- * loop is instead compiled for x86-64-v4, x86-64-v3 and the baseline and the
- * loader picks one per CPU (target_clones, resolved once per process).
+ * (-march=x86-64, x86-64-v3, x86-64-v4 on x86-64 Linux) and fastnn/_kernels.py
+ * imports the best one the CPU supports, so these loops are built for the
+ * module's own -march.
  */
 #ifndef FASTNN_SIMD_H
 #define FASTNN_SIMD_H
@@ -23,26 +20,10 @@
 #include <stdint.h>
 #include <string.h>
 
-#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && defined(__linux__) \
-    && !defined(FASTNN_NO_CLONES)
-#define FASTNN_CLONES \
-    __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
-#else
-#define FASTNN_CLONES
-#endif
-
 /* The instruction set these loops were compiled for. */
 static const char *fastnn_simd_variant(void)
 {
-#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && defined(__linux__) \
-    && !defined(FASTNN_NO_CLONES)
-    __builtin_cpu_init();
-    if (__builtin_cpu_supports("x86-64-v4"))
-        return "x86-64-v4 (AVX-512, target_clones)";
-    if (__builtin_cpu_supports("x86-64-v3"))
-        return "x86-64-v3 (AVX2+FMA, target_clones)";
-    return "baseline (target_clones)";
-#elif defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VL__)
+#if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VL__)
     return "x86-64-v4 (AVX-512)";
 #elif defined(__AVX2__) && defined(__FMA__)
     return "x86-64-v3 (AVX2+FMA)";
@@ -91,7 +72,7 @@ static inline float fastnn_expf(float x)
 }
 
 /* e[k] = exp(z[k] - m) for k < c (e may be NULL: sum only); returns the sum. */
-FASTNN_CLONES static float fastnn_exp_shifted_sum_f(const float *z, float *e, ptrdiff_t c,
+static float fastnn_exp_shifted_sum_f(const float *z, float *e, ptrdiff_t c,
                                                     float m)
 {
     float s = 0.0f;
@@ -126,7 +107,7 @@ static double fastnn_exp_shifted_sum_d(const double *z, double *e, ptrdiff_t c, 
 /* max of z[0:c] (c >= 1).  A NaN may or may not win: either way the row's
  * exp-sum turns NaN, which is the documented NaN-row policy. */
 #define FASTNN_DEFINE_MAX(name, type)                                      \
-    FASTNN_CLONES static type name(const type *z, ptrdiff_t c)             \
+    static type name(const type *z, ptrdiff_t c)             \
     {                                                                      \
         type m = z[0];                                                     \
         _Pragma("omp simd reduction(max:m)")                               \
@@ -139,7 +120,7 @@ FASTNN_DEFINE_MAX(fastnn_max_d, double)
 
 /* sum_k x[k] y[k], accumulated in the element type. */
 #define FASTNN_DEFINE_DOT(name, type)                                      \
-    FASTNN_CLONES static type name(const type *x, const type *y, ptrdiff_t n) \
+    static type name(const type *x, const type *y, ptrdiff_t n) \
     {                                                                      \
         type s = 0;                                                        \
         _Pragma("omp simd reduction(+:s)")                                 \

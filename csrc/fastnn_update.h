@@ -27,7 +27,7 @@
         return (l1 != 0 && flips) ? (type)0 : new_;                                      \
     }                                                                                    \
     /* SGD; v == NULL: no momentum. */                                                   \
-    FASTNN_CLONES static void fastnn_sgd_##suffix(type *p, const type *g, type *v,       \
+    static void fastnn_sgd_##suffix(type *p, const type *g, type *v,       \
                                                   ptrdiff_t n, type lr, type mu,         \
                                                   int nesterov, type l2, type l1)        \
     {                                                                                    \
@@ -50,7 +50,7 @@
         }                                                                                \
     }                                                                                    \
     /* Adam(W): lr_t bias-corrected; keep = 1 - lr * weight_decay (1: none). */          \
-    FASTNN_CLONES static void fastnn_adam_##suffix(type *p, const type *g, type *m,      \
+    static void fastnn_adam_##suffix(type *p, const type *g, type *m,      \
                                                    type *v, ptrdiff_t n, type lr_t,      \
                                                    type b1, type b2, type c1, type c2,   \
                                                    type eps, type l2, type l1, type keep) \

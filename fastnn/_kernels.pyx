@@ -542,16 +542,20 @@ cdef void _gemm_tile(const TileGrid* g, Py_ssize_t t, bint trans_a, bint trans_b
                      Py_ssize_t k, const floating* A, Py_ssize_t lda, const floating* B,
                      Py_ssize_t ldb, floating* C, Py_ssize_t ldc, const floating* bias,
                      int kind, floating alpha) noexcept nogil:
-    """Tile ``t`` of the row-major C = op(A) op(B), then (when ``bias`` or
-    ``kind`` asks for it) the bias + activation epilogue while the tile is in
-    cache.  Issued as the column-major C^T = op(B)^T op(A)^T."""
+    """Tile ``t`` of the row-major C = op(A) op(B) on single-threaded BLAS,
+    then (when ``bias`` or ``kind`` asks for it) the bias + activation
+    epilogue while the tile is in cache.  Issued as the column-major
+    C^T = op(B)^T op(A)^T."""
     cdef Py_ssize_t i0 = (t // g.col_tiles) * g.tile_rows, j0 = (t % g.col_tiles) * g.tile_cols
     cdef Py_ssize_t i1 = min(i0 + g.tile_rows, g.m), j1 = min(j0 + g.tile_cols, g.n)
+    cdef int previous
     if i1 <= i0 or j1 <= j0:
         return
+    previous = _blas_single_begin()
     _gemm(c'T' if trans_b else c'N', c'T' if trans_a else c'N', <int>(j1 - j0), <int>(i1 - i0),
           <int>k, 1, B + (j0 * ldb if trans_b else j0), <int>ldb,
           A + (i0 if trans_a else i0 * lda), <int>lda, 0, C + i0 * ldc + j0, <int>ldc)
+    _blas_single_end(previous)
     if bias != NULL or kind != IDENTITY:
         _bias_activation(C, bias, i0, i1, j0, j1, ldc, kind, alpha)
 
@@ -565,17 +569,9 @@ cdef void _gemm_tiled(bint trans_a, bint trans_b, Py_ssize_t m, Py_ssize_t n, Py
     result is the same), each on single-threaded BLAS."""
     cdef TileGrid g = _tile_grid(m, n, k)
     cdef Py_ssize_t n_tiles = g.row_tiles * g.col_tiles, t
-    cdef int previous
-    if n_tiles == 1:
-        previous = _blas_single_begin()
-        _gemm_tile(&g, 0, trans_a, trans_b, k, A, lda, B, ldb, C, ldc, bias, kind, alpha)
-        _blas_single_end(previous)
-        return
-    with parallel(num_threads=_n_threads):
-        previous = _blas_single_begin()
-        for t in prange(n_tiles, schedule="dynamic"):
-            _gemm_tile(&g, t, trans_a, trans_b, k, A, lda, B, ldb, C, ldc, bias, kind, alpha)
-        _blas_single_end(previous)
+    for t in prange(n_tiles, schedule="dynamic", num_threads=_n_threads,
+                    use_threads_if=n_tiles > 1):
+        _gemm_tile(&g, t, trans_a, trans_b, k, A, lda, B, ldb, C, ldc, bias, kind, alpha)
 
 
 def dense_forward(const floating[:, ::1] A, const floating[:, ::1] W, const floating[::1] b,
