@@ -13,7 +13,6 @@ import contextlib
 import ctypes
 import os
 import platform
-import sys
 
 from . import _kernels
 

@@ -13,10 +13,6 @@ from fastnn import cli
 FAST = ["--epochs", "3", "--hidden", "16", "--threads", "1"]
 
 
-def _needs_estimators():
-    pytest.importorskip("fastnn.estimators", reason="fastnn.estimators is not available")
-
-
 def _digits():
     datasets = pytest.importorskip("sklearn.datasets",
                                    reason="the default data set comes with scikit-learn")
@@ -56,7 +52,6 @@ def _blobs(rng, n=150, n_features=4):
 # ---------------------------------------------------------------------------
 def test_train_digits_in_process(tmp_path, capsys):
     X, y = _digits()
-    _needs_estimators()
     path = tmp_path / "digits.npz"
     assert cli.main(["train", *FAST, "--seed", "3", "--output", str(path)]) == 0
     out = capsys.readouterr().out
@@ -77,7 +72,6 @@ def test_train_digits_in_process(tmp_path, capsys):
 
 def test_quiet_prints_only_the_results(tmp_path, capsys):
     _digits()
-    _needs_estimators()
     path = str(tmp_path / "m.npz")
     assert cli.main(["train", *FAST, "--quiet", "-o", path]) == 0
     quiet = capsys.readouterr()
@@ -92,7 +86,6 @@ def test_quiet_prints_only_the_results(tmp_path, capsys):
 
 def test_default_command_reaches_97_percent_on_digits(tmp_path, capsys, monkeypatch):
     X, y = _digits()
-    _needs_estimators()
     monkeypatch.chdir(tmp_path)
     assert cli.main(["train", "--quiet"]) == 0
     res = _results(capsys.readouterr().out)
@@ -102,7 +95,6 @@ def test_default_command_reaches_97_percent_on_digits(tmp_path, capsys, monkeypa
 
 def test_train_as_subprocess(tmp_path):
     _digits()
-    _needs_estimators()
     root = os.path.dirname(os.path.dirname(fastnn.__file__))
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(
         filter(None, [root, os.environ.get("PYTHONPATH")])))
@@ -121,7 +113,6 @@ def test_train_as_subprocess(tmp_path):
 
 
 def test_train_on_csv_with_header_and_string_labels(tmp_path, capsys, rng):
-    _needs_estimators()
     X, codes = _blobs(rng)
     names = np.array(["setosa", "versicolor", "virginica"])
     path = tmp_path / "iris-like.csv"
@@ -141,7 +132,6 @@ def test_train_on_csv_with_header_and_string_labels(tmp_path, capsys, rng):
 
 
 def test_train_on_npz(tmp_path, capsys, rng):
-    _needs_estimators()
     X, y = _blobs(rng)
     path = tmp_path / "data.npz"
     np.savez(path, X=X, y=y + 10)
@@ -155,7 +145,6 @@ def test_train_on_npz(tmp_path, capsys, rng):
 
 
 def test_test_size_zero_trains_on_everything(tmp_path, capsys, rng):
-    _needs_estimators()
     X, y = _blobs(rng, n=30)
     path = tmp_path / "data.npz"
     np.savez(path, X=X, y=y)
