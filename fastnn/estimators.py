@@ -32,6 +32,7 @@ import warnings
 
 import numpy as np
 
+from ._checks import check_real
 from . import functional as F
 from . import init as _init
 from . import nn, optim
@@ -212,16 +213,6 @@ def _check_fitted(est):
 # ---------------------------------------------------------------------------
 def _is_int(value, low=1):
     return isinstance(value, numbers.Integral) and not isinstance(value, bool) and value >= low
-
-
-def _check_real(value, name, low=0.0, high=math.inf, *, low_open=False, high_open=False):
-    if (not isinstance(value, numbers.Real) or isinstance(value, bool) or not math.isfinite(value)
-            or value < low or value > high or (low_open and value == low)
-            or (high_open and value == high)):
-        lo = "(" if low_open else "["
-        hi = ")" if high_open or high == math.inf else "]"
-        raise ValueError(f"{name} must be a number in {lo}{low}, {high}{hi}, got {value!r}")
-    return float(value)
 
 
 def _check_dtype(dtype):
@@ -432,7 +423,7 @@ class _BaseMLP(BaseEstimator):
                 ("momentum", 0, 1, False, False), ("beta_1", 0, 1, False, True),
                 ("beta_2", 0, 1, False, True), ("epsilon", 0, math.inf, True, False),
                 ("validation_fraction", 0, 1, True, True), ("dropout", 0, 1, False, True)):
-            _check_real(getattr(self, name), name, low, high, low_open=low_open,
+            check_real(getattr(self, name), name, low, high, low_open=low_open,
                         high_open=high_open)
         if self.early_stopping and incremental:
             raise ValueError("partial_fit does not support early_stopping=True")
@@ -1043,10 +1034,10 @@ class LogisticRegression(ClassifierMixin, BaseEstimator):
             raise ValueError(f"penalty must be None, 'l2' or 'l1', got {self.penalty!r}")
         if self.solver not in ("gd", "sgd"):
             raise ValueError(f"solver must be 'gd' or 'sgd', got {self.solver!r}")
-        _check_real(self.C, "C", 0, low_open=True)
-        _check_real(self.tol, "tol", 0)
+        check_real(self.C, "C", 0, low_open=True)
+        check_real(self.tol, "tol", 0)
         if not self.learning_rate == "auto":
-            _check_real(self.learning_rate, "learning_rate", 0, low_open=True)
+            check_real(self.learning_rate, "learning_rate", 0, low_open=True)
         for name in ("max_iter", "batch_size", "n_iter_no_change"):
             if not _is_int(getattr(self, name)):
                 raise ValueError(f"{name} must be a positive integer, got {getattr(self, name)!r}")

@@ -12,6 +12,7 @@ import numbers
 
 import numpy as np
 
+from ._checks import check_alpha, check_real
 from . import _kernels
 
 __all__ = [
@@ -116,14 +117,8 @@ def _activation(name, alpha):
         code = ACTIVATIONS[name]
     except (KeyError, TypeError):
         raise ValueError(f"activation must be one of {sorted(ACTIVATIONS)}, got {name!r}") from None
-    _check_alpha(alpha)
+    check_alpha(alpha)
     return code
-
-
-def _check_alpha(alpha):
-    if (not isinstance(alpha, numbers.Real) or isinstance(alpha, bool)
-            or not math.isfinite(alpha) or alpha <= 0):
-        raise ValueError(f"alpha (the leaky_relu slope) must be a finite number > 0, got {alpha!r}")
 
 
 def _check_reduction(reduction):
@@ -387,19 +382,11 @@ def _param_and_grad(param, grad):
     return p, g.reshape(-1)
 
 
-def _hyper(value, name, low=0.0, high=math.inf, high_open=False):
-    if not isinstance(value, numbers.Real) or isinstance(value, bool) or not math.isfinite(value) \
-            or value < low or value > high or (high_open and value == high):
-        bound = f"[{low}, {high})" if high_open else f"[{low}, {high}]"
-        raise ValueError(f"{name} must be a finite number in {bound}, got {value!r}")
-    return float(value)
-
-
 def sgd_step(param, grad, velocity=None, *, lr, momentum=0.0, nesterov=False, l2=0.0, l1=0.0):
     """One fused SGD update of ``param`` in place (scikit-learn's convention)."""
     p, g = _param_and_grad(param, grad)
-    lr, momentum = _hyper(lr, "lr"), _hyper(momentum, "momentum", 0.0, 1.0)
-    l2, l1 = _hyper(l2, "l2"), _hyper(l1, "l1")
+    lr, momentum = check_real(lr, "lr"), check_real(momentum, "momentum", 0.0, 1.0)
+    l2, l1 = check_real(l2, "l2"), check_real(l1, "l1")
     v = _state(velocity, "velocity", param) if velocity is not None else None
     if v is None and momentum != 0:
         raise ValueError("velocity is required when momentum > 0")
@@ -412,11 +399,11 @@ def adam_step(param, grad, m, v, *, lr, step, beta1=0.9, beta2=0.999, eps=1e-8, 
     """One fused Adam/AdamW update of ``param``, ``m`` and ``v`` in place."""
     p, g = _param_and_grad(param, grad)
     m_, v_ = _state(m, "m", param), _state(v, "v", param)
-    lr = _hyper(lr, "lr")
-    beta1 = _hyper(beta1, "beta1", 0.0, 1.0, high_open=True)
-    beta2 = _hyper(beta2, "beta2", 0.0, 1.0, high_open=True)
-    eps, l2, l1 = _hyper(eps, "eps"), _hyper(l2, "l2"), _hyper(l1, "l1")
-    weight_decay = _hyper(weight_decay, "weight_decay")
+    lr = check_real(lr, "lr")
+    beta1 = check_real(beta1, "beta1", 0.0, 1.0, high_open=True)
+    beta2 = check_real(beta2, "beta2", 0.0, 1.0, high_open=True)
+    eps, l2, l1 = check_real(eps, "eps"), check_real(l2, "l2"), check_real(l1, "l1")
+    weight_decay = check_real(weight_decay, "weight_decay")
     if not isinstance(step, numbers.Integral) or isinstance(step, bool) or step < 1:
         raise ValueError(f"step must be an integer >= 1 (updates so far, this one included), "
                          f"got {step!r}")

@@ -32,6 +32,8 @@ import numbers
 
 import numpy as np
 
+from ._checks import check_real
+
 __all__ = [
     "INITIALIZERS",
     "as_generator",
@@ -93,13 +95,6 @@ def _fans(shape):
     return shape, shape[0], shape[1]
 
 
-def _positive(value, name):
-    if (not isinstance(value, numbers.Real) or isinstance(value, bool)
-            or not math.isfinite(value) or value <= 0):
-        raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
-    return float(value)
-
-
 def _uniform(shape, bound, rng, dtype):
     dtype = _check_dtype(dtype)
     return as_generator(rng).uniform(-bound, bound, shape).astype(dtype, copy=False)
@@ -120,7 +115,7 @@ def calculate_gain(activation="identity", alpha=0.01):
     if activation == "relu":
         return math.sqrt(2.0)
     if activation == "leaky_relu":
-        alpha = _positive(alpha, "alpha")
+        alpha = check_real(alpha, "alpha", 0.0, low_open=True)
         return math.sqrt(2.0 / (1.0 + alpha * alpha))
     raise ValueError(f"activation must be one of identity, sigmoid, tanh, relu, leaky_relu, "
                      f"got {activation!r}")
@@ -133,25 +128,25 @@ def zeros(shape, rng=None, dtype=np.float32):
 
 def normal(shape, std=0.01, rng=None, dtype=np.float32):
     """N(0, std²) entries."""
-    return _normal(_check_shape(shape), _positive(std, "std"), rng, dtype)
+    return _normal(_check_shape(shape), check_real(std, "std", 0.0, low_open=True), rng, dtype)
 
 
 def uniform(shape, a=0.05, rng=None, dtype=np.float32):
     """U(-a, a) entries."""
-    return _uniform(_check_shape(shape), _positive(a, "a"), rng, dtype)
+    return _uniform(_check_shape(shape), check_real(a, "a", 0.0, low_open=True), rng, dtype)
 
 
 def xavier_uniform(shape, gain=1.0, rng=None, dtype=np.float32):
     """Glorot/Xavier uniform: U(-b, b) with b = gain·sqrt(6 / (fan_in + fan_out))."""
     shape, fan_in, fan_out = _fans(shape)
-    bound = _positive(gain, "gain") * math.sqrt(6.0 / (fan_in + fan_out))
+    bound = check_real(gain, "gain", 0.0, low_open=True) * math.sqrt(6.0 / (fan_in + fan_out))
     return _uniform(shape, bound, rng, dtype)
 
 
 def xavier_normal(shape, gain=1.0, rng=None, dtype=np.float32):
     """Glorot/Xavier normal: N(0, s²) with s = gain·sqrt(2 / (fan_in + fan_out))."""
     shape, fan_in, fan_out = _fans(shape)
-    std = _positive(gain, "gain") * math.sqrt(2.0 / (fan_in + fan_out))
+    std = check_real(gain, "gain", 0.0, low_open=True) * math.sqrt(2.0 / (fan_in + fan_out))
     return _normal(shape, std, rng, dtype)
 
 

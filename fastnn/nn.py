@@ -66,11 +66,6 @@ def _float_dtype(dtype, name="dtype"):
     return dt
 
 
-def _compute_dtype(x):
-    """The kernels' compute dtype for a primary array (docs/API.md)."""
-    return _FLOAT32 if x.dtype == _FLOAT32 else _FLOAT64
-
-
 def _writable_like(grad, like):
     """True when ``grad`` can serve as an in-place buffer shaped like ``like``."""
     return (isinstance(grad, np.ndarray) and grad.dtype == like.dtype
@@ -242,11 +237,9 @@ class Module:
 # layers
 # ---------------------------------------------------------------------------
 def _check_activation(activation, alpha):
-    if activation not in F.ACTIVATIONS:
-        raise ValueError(f"activation must be one of {sorted(F.ACTIVATIONS)}, got {activation!r}")
-    if (not isinstance(alpha, numbers.Real) or isinstance(alpha, bool)
-            or not math.isfinite(alpha) or alpha <= 0):
-        raise ValueError(f"alpha (the leaky_relu slope) must be a finite number > 0, got {alpha!r}")
+    """The slope ``alpha`` as a float, once the kernels' own check of the
+    activation name and slope has passed."""
+    F._activation(activation, alpha)
     return float(alpha)
 
 
@@ -343,7 +336,7 @@ class _Activation(Module):
 
     def forward(self, X):
         X = np.asarray(X)
-        out = self._buffer("output", X.shape, _compute_dtype(X))
+        out = self._buffer("output", X.shape, F._compute_dtype(X))
         F.activation_forward(X, self.activation, alpha=self.alpha, out=out)
         self._output = out
         return out
@@ -430,7 +423,7 @@ class Dropout(Module):
         if not self.training or self.p == 0.0:
             self._mask, self._output = None, X
             return X
-        dtype = _compute_dtype(X)
+        dtype = F._compute_dtype(X)
         mask = self._buffer("mask", X.shape, dtype)
         # mask = scale where u > p else 0, built in place without temporaries:
         # u - p > 0 exactly when u > p, so ceil(u - p) is 1 or 0 for u in [0, 1)
@@ -545,7 +538,7 @@ class Loss:
 
     def forward(self, output, target, sample_weight=None):
         output = np.asarray(output)
-        out = self._workspace.get("grad", output.shape, _compute_dtype(output))
+        out = self._workspace.get("grad", output.shape, F._compute_dtype(output))
         value, self._grad = self._kernel(output, np.asarray(target), sample_weight, out)
         return value
 
@@ -629,7 +622,7 @@ def _model_dtype(model, X):
     params = model.parameters()
     if params:
         return params[0].dtype
-    return _compute_dtype(np.asarray(X))
+    return F._compute_dtype(np.asarray(X))
 
 
 def _call_epoch_end(callback, epoch, value):

@@ -30,6 +30,7 @@ import numbers
 
 import numpy as np
 
+from ._checks import check_real
 from . import functional as F
 from .nn import Parameter
 
@@ -45,15 +46,6 @@ __all__ = [
     "Optimizer",
     "StepLR",
 ]
-
-
-def _real(value, name, low=0.0, high=math.inf, high_open=False, low_open=False):
-    if (not isinstance(value, numbers.Real) or isinstance(value, bool) or not math.isfinite(value)
-            or value < low or value > high or (high_open and value == high)
-            or (low_open and value == low)):
-        bound = ("(" if low_open else "[") + f"{low}, {high}" + (")" if high_open else "]")
-        raise ValueError(f"{name} must be a finite number in {bound}, got {value!r}")
-    return float(value)
 
 
 def _scalar(state, key):
@@ -102,7 +94,7 @@ class Optimizer:
 
     @lr.setter
     def lr(self, value):
-        self._lr = _real(value, "lr")
+        self._lr = check_real(value, "lr")
 
     def step(self):
         raise NotImplementedError
@@ -149,10 +141,10 @@ class SGD(Optimizer):
 
     def __init__(self, params, lr=0.01, momentum=0.0, nesterov=False, weight_decay=0.0, l1=0.0):
         super().__init__(params, lr)
-        self.momentum = _real(momentum, "momentum", 0.0, 1.0)
+        self.momentum = check_real(momentum, "momentum", 0.0, 1.0)
         self.nesterov = bool(nesterov)
-        self.weight_decay = _real(weight_decay, "weight_decay")
-        self.l1 = _real(l1, "l1")
+        self.weight_decay = check_real(weight_decay, "weight_decay")
+        self.l1 = check_real(l1, "l1")
         self.velocities = None
         if self.momentum > 0:
             self._allocate()
@@ -202,11 +194,11 @@ class Adam(Optimizer):
             beta1, beta2 = betas
         except (TypeError, ValueError):
             raise ValueError(f"betas must be a pair (beta1, beta2), got {betas!r}") from None
-        self.beta1 = _real(beta1, "betas[0]", 0.0, 1.0, high_open=True)
-        self.beta2 = _real(beta2, "betas[1]", 0.0, 1.0, high_open=True)
-        self.eps = _real(eps, "eps")
-        self.weight_decay = _real(weight_decay, "weight_decay")
-        self.l1 = _real(l1, "l1")
+        self.beta1 = check_real(beta1, "betas[0]", 0.0, 1.0, high_open=True)
+        self.beta2 = check_real(beta2, "betas[1]", 0.0, 1.0, high_open=True)
+        self.eps = check_real(eps, "eps")
+        self.weight_decay = check_real(weight_decay, "weight_decay")
+        self.l1 = check_real(l1, "l1")
         self.m = [np.zeros_like(p.data) for p in self.params]
         self.v = [np.zeros_like(p.data) for p in self.params]
 
@@ -297,7 +289,7 @@ class InverseScalingLR(LRSchedule):
 
     def __init__(self, optimizer, power_t=0.5, *, lr0=None):
         super().__init__(optimizer, lr0=lr0)
-        self.power_t = _real(power_t, "power_t")
+        self.power_t = check_real(power_t, "power_t")
         self.samples_seen = 0
 
     def batch_end(self, n_samples):
@@ -323,7 +315,7 @@ class StepLR(LRSchedule):
         if not isinstance(step_size, numbers.Integral) or isinstance(step_size, bool) or step_size < 1:
             raise ValueError(f"step_size must be a positive integer, got {step_size!r}")
         self.step_size = int(step_size)
-        self.gamma = _real(gamma, "gamma")
+        self.gamma = check_real(gamma, "gamma")
 
     def epoch_end(self, loss=None):
         self.epoch += 1
@@ -338,7 +330,7 @@ class ExponentialLR(LRSchedule):
 
     def __init__(self, optimizer, gamma, *, lr0=None):
         super().__init__(optimizer, lr0=lr0)
-        self.gamma = _real(gamma, "gamma")
+        self.gamma = check_real(gamma, "gamma")
 
     def epoch_end(self, loss=None):
         self.epoch += 1
@@ -368,13 +360,13 @@ class AdaptiveLR(LRSchedule):
     def __init__(self, optimizer, tol=1e-4, n_iter_no_change=10, factor=5.0, min_lr=1e-6, *,
                  lr0=None):
         super().__init__(optimizer, lr0=lr0)
-        self.tol = _real(tol, "tol")
+        self.tol = check_real(tol, "tol")
         if (not isinstance(n_iter_no_change, numbers.Integral) or isinstance(n_iter_no_change, bool)
                 or n_iter_no_change < 1):
             raise ValueError(f"n_iter_no_change must be a positive integer, got {n_iter_no_change!r}")
         self.n_iter_no_change = int(n_iter_no_change)
-        self.factor = _real(factor, "factor", 1.0, low_open=True)
-        self.min_lr = _real(min_lr, "min_lr")
+        self.factor = check_real(factor, "factor", 1.0, low_open=True)
+        self.min_lr = check_real(min_lr, "min_lr")
         self.best_loss = math.inf
         self.no_improvement_count = 0
 
