@@ -104,6 +104,33 @@ static double fastnn_exp_shifted_sum_d(const double *z, double *e, ptrdiff_t c, 
     return s;
 }
 
+/* x[i] = exp(x[i]) for i < n, in place: one long loop over many short rows
+ * (the cross-entropy of a few classes), where a loop per row would spend
+ * most of its time in the vector loop's prologue and remainder. */
+static void fastnn_exp_inplace_f(float *x, ptrdiff_t n)
+{
+#pragma omp simd
+    for (ptrdiff_t i = 0; i < n; i++)
+        x[i] = fastnn_expf(x[i]);
+}
+
+static void fastnn_exp_inplace_d(double *x, ptrdiff_t n)
+{
+    for (ptrdiff_t i = 0; i < n; i++)
+        x[i] = exp(x[i]);
+}
+
+/* How many of x[0:n] lie outside [0, c): one branch-free pass (an early
+ * exit would keep the loop from vectorising). */
+static ptrdiff_t fastnn_count_outside(const int64_t *x, ptrdiff_t n, int64_t c)
+{
+    ptrdiff_t bad = 0;
+#pragma omp simd reduction(+:bad)
+    for (ptrdiff_t i = 0; i < n; i++)
+        bad += (uint64_t)x[i] >= (uint64_t)c;
+    return bad;
+}
+
 /* max of z[0:c] (c >= 1).  A NaN may or may not win: either way the row's
  * exp-sum turns NaN, which is the documented NaN-row policy. */
 #define FASTNN_DEFINE_MAX(name, type)                                      \

@@ -27,22 +27,31 @@ cdef enum:
     # Rows per reduction chunk.  Fixed, never derived from the thread count:
     # the determinism of every row reduction rests on it.
     ROWS_PER_CHUNK = 128
+    # Rows of at least this many classes are exponentiated one row at a time
+    # (the row stays in L1 between passes); shorter rows a whole chunk at a
+    # time, so that the exp loop is long enough to vectorise well.
+    ROW_LOOP_CLASSES = 32
     # Below this many elements (tens of microseconds of work) a loop runs on
     # one thread: a parallel region's fork and barrier cost microseconds on
     # an idle machine, and up to a scheduler time slice on a busy one.
     MIN_PARALLEL_WORK = 1 << 17
-    # Multiply-adds (about 100 us of single-core GEMM) below which a product
+    # Multiply-adds (about 30 us of single-core GEMM) below which a product
     # is not split across the team, for the same reason.
-    MIN_PARALLEL_GEMM = 1 << 23
-    # Larger products are cut into a fixed grid of output tiles of about this
-    # many rows and columns, each one single-threaded BLAS call, spread over
-    # the team.  The grid depends on the shape only, never on the thread
-    # count, so every element is computed by the same call whatever the
-    # number of threads (OpenBLAS's own threading is not bit-reproducible
-    # across thread counts, and its rounding of an element depends on where
-    # it falls in the call's tiling).
+    MIN_PARALLEL_GEMM = 1 << 21
+    # Larger products are cut into a fixed grid of output tiles of at most
+    # this many rows and columns, each one single-threaded BLAS call, spread
+    # over the team; tiles are halved further (down to GEMM_MIN_TILE_SIDE)
+    # until there are GEMM_MIN_TILES, so that the small products of a
+    # training step (128 x 256 outputs) still keep two to four cores busy.
+    # The grid depends on the shape only, never on the thread count, so
+    # every element is computed by the same call whatever the number of
+    # threads (OpenBLAS's own threading is not bit-reproducible across
+    # thread counts, and its rounding of an element depends on where it
+    # falls in the call's tiling).
     GEMM_TILE_ROWS = 256
     GEMM_TILE_COLS = 128
+    GEMM_MIN_TILES = 4
+    GEMM_MIN_TILE_SIDE = 32
 
 # Activation codes shared with functional.py (ACTIVATIONS maps names to them).
 cpdef enum Activation:
@@ -251,6 +260,9 @@ cdef extern from "fastnn_simd.h" nogil:
     double fastnn_max_d(const double* z, Py_ssize_t c)
     float fastnn_dot_f(const float* x, const float* y, Py_ssize_t n)
     double fastnn_dot_d(const double* x, const double* y, Py_ssize_t n)
+    void fastnn_exp_inplace_f(float* x, Py_ssize_t n)
+    void fastnn_exp_inplace_d(double* x, Py_ssize_t n)
+    Py_ssize_t fastnn_count_outside(const int64_t* x, Py_ssize_t n, int64_t c)
 
 
 cdef inline floating _row_max(const floating* z, Py_ssize_t c) noexcept nogil:
@@ -276,6 +288,42 @@ cdef inline floating _dot(const floating* x, const floating* y, Py_ssize_t n) no
         return fastnn_dot_f(x, y, n)
     else:
         return fastnn_dot_d(x, y, n)
+
+
+cdef inline void _exp_inplace(floating* x, Py_ssize_t n) noexcept nogil:
+    if floating is float:
+        fastnn_exp_inplace_f(x, n)
+    else:
+        fastnn_exp_inplace_d(x, n)
+
+
+cdef void _exp_rows(const floating* Z, floating* E, floating* M, floating* S, Py_ssize_t start,
+                    Py_ssize_t stop, Py_ssize_t c) noexcept nogil:
+    """Rows [start, stop) of E = exp(Z - m), m the row max, with M[i - start] = m
+    and S[i - start] = the row sum of E.  Rows of fewer than ROW_LOOP_CLASSES
+    are shifted row by row, then exponentiated in one pass over the block."""
+    cdef Py_ssize_t i, k
+    cdef floating m, s
+    cdef const floating* z
+    cdef floating* e
+    for i in range(start, stop):
+        z = Z + i * c
+        m = M[i - start] = _row_max(z, c)
+        if c >= ROW_LOOP_CLASSES:
+            S[i - start] = _exp_shifted(z, E + i * c, c, m)
+        else:
+            e = E + i * c
+            for k in range(c):
+                e[k] = z[k] - m
+    if c >= ROW_LOOP_CLASSES:
+        return
+    _exp_inplace(E + start * c, (stop - start) * c)
+    for i in range(start, stop):
+        e = E + i * c
+        s = 0
+        for k in range(c):
+            s = s + e[k]
+        S[i - start] = s
 
 
 cdef void _softmax_row(const floating* z, floating* out, Py_ssize_t c, bint take_log) noexcept nogil:
@@ -322,20 +370,23 @@ cdef double _xent_chunk(const floating* Z, const int64_t* labels, const floating
     """Fused softmax cross-entropy for rows [start, stop).
 
     Targets are class indices (``labels``) or probability rows (``T``); the
-    smoothed target row is (1 - smoothing) y + smoothing / C.  Per row: one
-    pass for the max, one for exp and its sum (exp stored in the gradient
-    row), one to scale and subtract the target, accumulating sum_k y_k (z_k - m).
+    smoothed target row is (1 - smoothing) y + smoothing / C.  The exp of
+    the shifted rows goes to the gradient rows (_exp_rows), then one pass per
+    row scales them and subtracts the target, accumulating sum_k y_k (z_k - m).
     """
     cdef double total = 0, loss, y_dot_z, y_sum, z_sum
     cdef const floating* z
     cdef floating* g
     cdef floating m, s, w, inv, y, off
+    cdef floating row_max[ROWS_PER_CHUNK]
+    cdef floating row_sum[ROWS_PER_CHUNK]
     cdef Py_ssize_t i, k, label
+    _exp_rows(Z, G, row_max, row_sum, start, stop, c)
     for i in range(start, stop):
         z = Z + i * c
         g = G + i * c
-        m = _row_max(z, c)
-        s = _exp_shifted(z, g, c, m)
+        m = row_max[i - start]
+        s = row_sum[i - start]
         w = sw[i] if sw != NULL else 1
         inv = <floating>(w * scale) / s
         y_dot_z = 0
@@ -370,6 +421,12 @@ cdef double _xent_chunk(const floating* Z, const int64_t* labels, const floating
             L[i] = <floating>(w * loss)
         total += w * loss
     return total
+
+
+def count_outside(const int64_t[::1] labels, int64_t n_classes):
+    """How many labels lie outside [0, n_classes): the range check of the
+    class indices, one vectorised pass in place of a min and a max."""
+    return fastnn_count_outside(&labels[0], labels.shape[0], n_classes)
 
 
 def softmax_cross_entropy(const floating[:, ::1] logits, const int64_t[::1] labels,
@@ -478,6 +535,49 @@ def pointwise_loss(int which, const floating[:, ::1] z, const floating[:, ::1] t
 # ---------------------------------------------------------------------------
 # dense layer: GEMM on BLAS, everything around it fused
 # ---------------------------------------------------------------------------
+cdef extern from "fastnn_gemm.h" nogil:
+    int FASTNN_HAVE_OWN_GEMM
+    int fastnn_gemm_f(int trans_a, int trans_b, Py_ssize_t m, Py_ssize_t n, Py_ssize_t k,
+                      const float* A, Py_ssize_t lda, const float* B, Py_ssize_t ldb, float* C,
+                      Py_ssize_t ldc)
+    int fastnn_gemm_d(int trans_a, int trans_b, Py_ssize_t m, Py_ssize_t n, Py_ssize_t k,
+                      const double* A, Py_ssize_t lda, const double* B, Py_ssize_t ldb,
+                      double* C, Py_ssize_t ldc)
+
+# Which GEMM computes the dense layers' tiles: fastnn's own (csrc/fastnn_gemm.h,
+# faster than OpenBLAS on the small products of a training step, measured in
+# benchmarks) where this variant has it, else BLAS.
+cdef bint _own_gemm = FASTNN_HAVE_OWN_GEMM
+
+
+def has_own_gemm():
+    return bool(FASTNN_HAVE_OWN_GEMM)
+
+
+def set_gemm(str name):
+    """'fastnn' (own GEMM where built, else BLAS) or 'blas' (validated by the caller)."""
+    global _own_gemm
+    _own_gemm = FASTNN_HAVE_OWN_GEMM and name == "fastnn"
+
+
+def get_gemm():
+    return "fastnn" if _own_gemm else "blas"
+
+
+cdef inline bint _own_gemm_tile(bint trans_a, bint trans_b, Py_ssize_t m, Py_ssize_t n,
+                                Py_ssize_t k, const floating* A, Py_ssize_t lda,
+                                const floating* B, Py_ssize_t ldb, floating* C,
+                                Py_ssize_t ldc) noexcept nogil:
+    """Row-major C = op(A) op(B) on fastnn's GEMM; False when it is off or
+    its packing buffers cannot be allocated (the caller then uses BLAS)."""
+    if not _own_gemm:
+        return False
+    if floating is float:
+        return fastnn_gemm_f(trans_a, trans_b, m, n, k, A, lda, B, ldb, C, ldc)
+    else:
+        return fastnn_gemm_d(trans_a, trans_b, m, n, k, A, lda, B, ldb, C, ldc)
+
+
 cdef inline void _gemm(char transa, char transb, int m, int n, int k, floating alpha,
                        const floating* a, int lda, const floating* b, int ldb, floating beta,
                        floating* c, int ldc) noexcept nogil:
@@ -525,14 +625,22 @@ cdef struct TileGrid:
 
 cdef inline TileGrid _tile_grid(Py_ssize_t m, Py_ssize_t n, Py_ssize_t k) noexcept nogil:
     """The output tiling of an (m, n) = (m, k)(k, n) product: a single tile
-    below MIN_PARALLEL_GEMM, else near-equal tiles of about GEMM_TILE_ROWS x
-    GEMM_TILE_COLS.  A function of the shape alone (see GEMM_TILE_ROWS)."""
+    below MIN_PARALLEL_GEMM, else near-equal tiles of at most GEMM_TILE_ROWS
+    x GEMM_TILE_COLS, the longer side halved while there are fewer than
+    GEMM_MIN_TILES.  A function of the shape alone (see GEMM_TILE_ROWS)."""
     cdef TileGrid g
     g.m, g.n = m, n
     g.row_tiles = g.col_tiles = 1
-    if _blas_threads_local != NULL and m * n * k >= MIN_PARALLEL_GEMM:
+    if (_own_gemm or _blas_threads_local != NULL) and m * n * k >= MIN_PARALLEL_GEMM:
         g.row_tiles = _cdiv(m, GEMM_TILE_ROWS)
         g.col_tiles = _cdiv(n, GEMM_TILE_COLS)
+        while g.row_tiles * g.col_tiles < GEMM_MIN_TILES:
+            if n // g.col_tiles >= max(m // g.row_tiles, 2 * GEMM_MIN_TILE_SIDE):
+                g.col_tiles *= 2
+            elif m // g.row_tiles >= 2 * GEMM_MIN_TILE_SIDE:
+                g.row_tiles *= 2
+            else:
+                break
     g.tile_rows = _cdiv(m, g.row_tiles)
     g.tile_cols = _cdiv(n, g.col_tiles)
     return g
@@ -542,20 +650,24 @@ cdef void _gemm_tile(const TileGrid* g, Py_ssize_t t, bint trans_a, bint trans_b
                      Py_ssize_t k, const floating* A, Py_ssize_t lda, const floating* B,
                      Py_ssize_t ldb, floating* C, Py_ssize_t ldc, const floating* bias,
                      int kind, floating alpha) noexcept nogil:
-    """Tile ``t`` of the row-major C = op(A) op(B) on single-threaded BLAS,
-    then (when ``bias`` or ``kind`` asks for it) the bias + activation
+    """Tile ``t`` of the row-major C = op(A) op(B) on fastnn's GEMM or
+    single-threaded BLAS, then (when ``bias`` or ``kind`` asks for it) the bias + activation
     epilogue while the tile is in cache.  Issued as the column-major
     C^T = op(B)^T op(A)^T."""
     cdef Py_ssize_t i0 = (t // g.col_tiles) * g.tile_rows, j0 = (t % g.col_tiles) * g.tile_cols
     cdef Py_ssize_t i1 = min(i0 + g.tile_rows, g.m), j1 = min(j0 + g.tile_cols, g.n)
+    cdef const floating* a = A + (i0 if trans_a else i0 * lda)
+    cdef const floating* b = B + (j0 * ldb if trans_b else j0)
     cdef int previous
     if i1 <= i0 or j1 <= j0:
         return
-    previous = _blas_single_begin()
-    _gemm(c'T' if trans_b else c'N', c'T' if trans_a else c'N', <int>(j1 - j0), <int>(i1 - i0),
-          <int>k, 1, B + (j0 * ldb if trans_b else j0), <int>ldb,
-          A + (i0 if trans_a else i0 * lda), <int>lda, 0, C + i0 * ldc + j0, <int>ldc)
-    _blas_single_end(previous)
+    if not _own_gemm_tile(trans_a, trans_b, i1 - i0, j1 - j0, k, a, lda, b, ldb,
+                          C + i0 * ldc + j0, ldc):
+        previous = _blas_single_begin()
+        _gemm(c'T' if trans_b else c'N', c'T' if trans_a else c'N', <int>(j1 - j0),
+              <int>(i1 - i0), <int>k, 1, b, <int>ldb, a, <int>lda, 0, C + i0 * ldc + j0,
+              <int>ldc)
+        _blas_single_end(previous)
     if bias != NULL or kind != IDENTITY:
         _bias_activation(C, bias, i0, i1, j0, j1, ldc, kind, alpha)
 

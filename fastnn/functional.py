@@ -207,12 +207,19 @@ def _class_indices(target, n, n_classes):
     if target.dtype.kind == "f":
         if not np.isfinite(target).all() or (target != np.round(target)).any():
             raise ValueError("target holds class indices: float values must be whole numbers")
+        if target.min() < 0 or target.max() >= n_classes:  # before a cast could wrap them
+            _bad_class_index(target, n_classes)
+    labels = np.ascontiguousarray(target, dtype=np.int64)
+    # a wide unsigned label can wrap to a negative int64: still outside [0, C)
+    if _kernels.count_outside(labels, n_classes):
+        _bad_class_index(target, n_classes)
+    return labels
+
+
+def _bad_class_index(target, n_classes):
     low, high = target.min(), target.max()
-    if low < 0 or high >= n_classes:
-        bad = low if low < 0 else high
-        raise ValueError(f"target holds class indices, which must lie in [0, {n_classes}); "
-                         f"found {bad}")
-    return np.ascontiguousarray(target, dtype=np.int64)
+    raise ValueError(f"target holds class indices, which must lie in [0, {n_classes}); "
+                     f"found {low if low < 0 else high}")
 
 
 def softmax_cross_entropy(logits, target, *, sample_weight=None, reduction="mean",
