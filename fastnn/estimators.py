@@ -18,11 +18,12 @@ every fitted attribute needed to predict (bit-identical predictions), the
 loss curve and validation scores, ``classes_`` (numeric, bool and str labels
 exactly; an object array of str comes back as an object array of the same
 str; other objects as their ``str``), ``feature_names_in_``.  Not saved:
-``callbacks`` and ``validation_data`` (reset to None), a Generator or
+``callbacks``, ``validation_data`` and ``comm`` (reset to None), a Generator or
 RandomState ``random_state`` (None), the optimiser state (a ``partial_fit``
 or warm-started ``fit`` after loading starts a fresh optimiser).
 """
 import contextlib
+import functools
 import inspect
 import math
 import numbers
@@ -35,6 +36,7 @@ import numpy as np
 from ._checks import check_real
 from . import functional as F
 from . import init as _init
+from . import distributed as _dist
 from . import nn, optim
 from ._config import num_threads
 
@@ -446,6 +448,8 @@ class _BaseMLP(BaseEstimator):
         n_out = self._n_network_outputs(target)
         if not incremental or not hasattr(self, "_rng"):
             self._rng = _rng_from(self.random_state)
+            if self.comm is not None:  # same initial weights and shuffles on every rank
+                self._rng = _dist.sync_generator(self._rng, self.comm)
         rng = self._rng
         if first:
             self._initialize([X.shape[1]] + sizes + [n_out], dtype, rng)
@@ -544,15 +548,17 @@ class _BaseMLP(BaseEstimator):
         stopper.no_improvement_count = self._no_improvement_count
         best = (-self.best_validation_score_ if early else self.best_loss_)
         stopper.best_loss = math.inf if best is None else best
-        progress = _Progress(self.verbose, 1 if incremental else self.max_iter, type(self).__name__)
+        progress = _Progress(self.verbose and _dist.is_root(self.comm),
+                             1 if incremental else self.max_iter, type(self).__name__)
+        train = nn.fit if self.comm is None else functools.partial(_dist.fit, comm=self.comm)
         self.n_iter_ = 0  # as scikit-learn: the epochs of this call (1 for partial_fit)
         try:
             for _ in range(self.max_iter):
                 start = time.perf_counter()
                 penalty.start_epoch()
-                data_loss = nn.fit(trainer.network, trainer.loss, trainer.optimizer, X, target,
-                                   epochs=1, batch_size=batch_size, shuffle=self.shuffle, rng=rng,
-                                   callbacks=callbacks)[0]
+                data_loss = train(trainer.network, trainer.loss, trainer.optimizer, X, target,
+                                epochs=1, batch_size=batch_size, shuffle=self.shuffle, rng=rng,
+                                callbacks=callbacks)[0]
                 speed = n / max(time.perf_counter() - start, 1e-12)
                 loss = data_loss / self._loss_outputs() + penalty.epoch_penalty()
                 self.n_iter_ += 1
@@ -697,6 +703,8 @@ class _Trainer:
         else:
             self.optimizer = optim.Adam(params, lr=est.learning_rate_init,
                                         betas=(est.beta_1, est.beta_2), eps=est.epsilon)
+        if est.comm is not None:  # gradients averaged over the ranks at each step
+            self.optimizer = _dist.DistributedOptimizer(self.optimizer, est.comm)
         self.invscaling = None
         if est.solver == "sgd" and est.learning_rate == "invscaling":
             self.invscaling = optim.InverseScalingLR(self.optimizer, power_t=est.power_t)
@@ -705,7 +713,8 @@ class _Trainer:
     def matches(self, est, dtype):
         """Still bound to the estimator's arrays (not replaced since)?"""
         return (all(a is b for a, b in zip(est.coefs_, self.network.parameters()[::2]))
-                and est.coefs_[0].dtype == dtype)
+                and est.coefs_[0].dtype == dtype
+                and getattr(self.optimizer, "comm", None) is est.comm)
 
 
 class MLPClassifier(ClassifierMixin, _BaseMLP):
@@ -728,6 +737,11 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
     callbacks : list of callables ``f(estimator, logs)`` called after every epoch with
         logs = {"epoch", "loss", "validation_score", "learning_rate",
         "samples_per_second"}; a True return value stops training.
+    comm : an mpi4py communicator (e.g. ``MPI.COMM_WORLD``) or None.  Data-parallel
+        training (:mod:`fastnn.distributed`): call ``fit`` on every rank with the same
+        X and y; each rank computes its part of every minibatch, the gradients are
+        averaged over the ranks, and every rank ends with the same model, the one a
+        single process would train (up to rounding).  Not saved by ``save``.
     """
 
     _kind = "class"
@@ -739,7 +753,7 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
                  nesterovs_momentum=True, early_stopping=False, validation_fraction=0.1,
                  beta_1=0.9, beta_2=0.999, epsilon=1e-8, n_iter_no_change=10, max_fun=15000,
                  l1=0.0, dropout=0.0, dtype=np.float32, n_threads=None, validation_data=None,
-                 callbacks=None):
+                 callbacks=None, comm=None):
         self.hidden_layer_sizes = hidden_layer_sizes
         self.activation = activation
         self.solver = solver
@@ -769,6 +783,7 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
         self.n_threads = n_threads
         self.validation_data = validation_data
         self.callbacks = callbacks
+        self.comm = comm
 
     def partial_fit(self, X, y, classes=None):
         """One epoch over (X, y).  ``classes`` (all labels) is required on the
@@ -901,7 +916,7 @@ class MLPRegressor(RegressorMixin, _BaseMLP):
     ``sklearn.neural_network.MLPRegressor`` (solver "lbfgs" and
     loss="poisson" excepted), plus the extras documented on
     :class:`MLPClassifier` (leaky_relu, l1, dropout, dtype, n_threads,
-    validation_data, callbacks).
+    validation_data, callbacks, comm).
     """
 
     _kind = "numeric"
@@ -913,7 +928,7 @@ class MLPRegressor(RegressorMixin, _BaseMLP):
                  nesterovs_momentum=True, early_stopping=False, validation_fraction=0.1,
                  beta_1=0.9, beta_2=0.999, epsilon=1e-8, n_iter_no_change=10, max_fun=15000,
                  l1=0.0, dropout=0.0, dtype=np.float32, n_threads=None, validation_data=None,
-                 callbacks=None):
+                 callbacks=None, comm=None):
         self.loss = loss
         self.hidden_layer_sizes = hidden_layer_sizes
         self.activation = activation
@@ -944,6 +959,7 @@ class MLPRegressor(RegressorMixin, _BaseMLP):
         self.n_threads = n_threads
         self.validation_data = validation_data
         self.callbacks = callbacks
+        self.comm = comm
 
     def _check_params(self, incremental):
         if self.loss != "squared_error":
@@ -1007,6 +1023,9 @@ class LogisticRegression(ClassifierMixin, BaseEstimator):
         ``max_iter`` epochs; "auto" learning rate 1/L from the mean squared
         row norm; stops when the epoch loss improves by less than ``tol`` for
         ``n_iter_no_change`` epochs.
+    comm : an mpi4py communicator or None: data-parallel training, as for
+        :class:`MLPClassifier` (same X, y on every rank; "gd" splits the rows of
+        each full-batch gradient over the ranks).
     Binary problems train one weight vector with ``F.logistic_loss_grad``
     (one fused pass over X per evaluation); K > 2 classes a (K, d) softmax
     regression.
@@ -1014,7 +1033,7 @@ class LogisticRegression(ClassifierMixin, BaseEstimator):
 
     def __init__(self, penalty="l2", *, C=1.0, solver="gd", tol=1e-4, max_iter=1000,
                  learning_rate="auto", fit_intercept=True, batch_size=32, n_iter_no_change=5,
-                 random_state=None, verbose=False, dtype=np.float64, n_threads=None):
+                 random_state=None, verbose=False, dtype=np.float64, n_threads=None, comm=None):
         self.penalty = penalty
         self.C = C
         self.solver = solver
@@ -1028,6 +1047,7 @@ class LogisticRegression(ClassifierMixin, BaseEstimator):
         self.verbose = verbose
         self.dtype = dtype
         self.n_threads = n_threads
+        self.comm = comm
 
     def _check_params(self):
         if self.penalty not in (None, "l2", "l1"):
@@ -1072,8 +1092,11 @@ class LogisticRegression(ClassifierMixin, BaseEstimator):
 
     # -- full-batch gradient descent ------------------------------------------
     def _smooth(self, X, target, W, b, lam_l2):
-        """Mean data loss + lam_l2/2·||W||² and its gradient (gW, gb)."""
-        if W.shape[1] == 1:
+        """Mean data loss + lam_l2/2·||W||² and its gradient (gW, gb); with
+        ``comm``, X holds this rank's rows and the means are over all ranks'."""
+        if X.shape[0] == 0:  # more ranks than samples
+            loss, gW, gb = 0.0, np.zeros_like(W), np.zeros_like(b)
+        elif W.shape[1] == 1:
             loss, gw, gb = F.logistic_loss_grad(X, W[:, 0], float(b[0]), target)
             gW, gb = gw.reshape(-1, 1), np.array([gb], X.dtype)
         else:
@@ -1081,6 +1104,8 @@ class LogisticRegression(ClassifierMixin, BaseEstimator):
             loss, G = F.softmax_cross_entropy(Z, target)
             _, gW, gb = F.dense_backward(X, W, Z, G, need_input_grad=False,
                                          overwrite_grad_out=True)
+        if self.comm is not None:
+            loss, gW, gb = _dist.weighted_mean(self.comm, X.shape[0], loss, gW, gb)
         if lam_l2:
             loss += 0.5 * lam_l2 * float(np.dot(W.ravel(), W.ravel()))
             gW += lam_l2 * W
@@ -1105,9 +1130,13 @@ class LogisticRegression(ClassifierMixin, BaseEstimator):
         L = (0.25 if k == 1 else 0.5) * (float(np.einsum("ij,ij->", X, X)) / n
                                          + self.fit_intercept) + lam_l2
         L = 1.0 / self.learning_rate if fixed else L
+        if self.comm is not None:  # each rank evaluates the loss on its rows only
+            start, stop = _dist.shard_range(n, self.comm)
+            X, target = X[start:stop], target[start:stop]
         yW, yb, t = W, b, 1.0
         converged = False
-        progress = _Progress(self.verbose, self.max_iter, "LogisticRegression")
+        progress = _Progress(self.verbose and _dist.is_root(self.comm), self.max_iter,
+                             "LogisticRegression")
         for it in range(1, self.max_iter + 1):
             start = time.perf_counter()
             fy, gW, gb = self._smooth(X, target, yW, yb, lam_l2)
@@ -1163,11 +1192,14 @@ class LogisticRegression(ClassifierMixin, BaseEstimator):
         opt = optim.SGD(model.parameters(), lr=lr,
                         weight_decay=lam if self.penalty == "l2" else 0.0,
                         l1=lam if self.penalty == "l1" else 0.0)
+        rng, train = _rng_from(self.random_state), nn.fit
+        if self.comm is not None:
+            opt = _dist.DistributedOptimizer(opt, self.comm)
+            train = functools.partial(_dist.fit, comm=self.comm)
         stopper = optim.AdaptiveLR(opt, tol=self.tol, n_iter_no_change=self.n_iter_no_change,
                                    min_lr=_ALWAYS_STOP)
-        history = nn.fit(model, loss, opt, X, target, epochs=self.max_iter,
-                         batch_size=min(self.batch_size, n), rng=_rng_from(self.random_state),
-                         callbacks=[stopper])
+        history = train(model, loss, opt, X, target, epochs=self.max_iter,
+                        batch_size=min(self.batch_size, n), rng=rng, callbacks=[stopper])
         if not np.isfinite(history).all():
             bad = int(np.flatnonzero(~np.isfinite(history))[0]) + 1
             raise ValueError(f"the training loss became non-finite at epoch {bad}: lower "
