@@ -7,8 +7,7 @@ Typed Cython/OpenMP kernels (``fastnn.functional``), their NumPy twins
 import importlib
 
 from ._version import __version__
-from ._config import (build_info, get_gemm, get_num_threads, num_threads, set_gemm,
-                      set_num_threads, show_config)
+from ._config import build_info, get_num_threads, num_threads, set_num_threads, show_config
 from . import functional, init, nn, optim
 
 # Names loaded on first use, so that ``import fastnn`` stays light (the
@@ -40,13 +39,11 @@ __all__ = [
     "__version__",
     "build_info",
     "functional",
-    "get_gemm",
     "get_num_threads",
     "init",
     "nn",
     "num_threads",
     "optim",
-    "set_gemm",
     "set_num_threads",
     "show_config",
     *_LAZY,

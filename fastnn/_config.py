@@ -16,10 +16,7 @@ import platform
 
 from . import _kernels
 
-__all__ = ["set_num_threads", "get_num_threads", "num_threads", "set_gemm", "get_gemm",
-           "build_info", "show_config"]
-
-GEMMS = ("fastnn", "blas")
+__all__ = ["set_num_threads", "get_num_threads", "num_threads", "build_info", "show_config"]
 
 
 def _available_cores():
@@ -105,21 +102,6 @@ def num_threads(n):
         _kernels.set_threads(previous)
 
 
-def set_gemm(name):
-    """Choose what computes the dense layers' matrix products: ``"fastnn"``
-    (fastnn's own packed AVX2/FMA GEMM, the default where the CPU runs it;
-    elsewhere it means BLAS) or ``"blas"`` (SciPy's BLAS).  Also set by the
-    ``FASTNN_GEMM`` environment variable at import."""
-    if name not in GEMMS:
-        raise ValueError(f"gemm must be one of {GEMMS}, got {name!r}")
-    _kernels.set_gemm(name)
-
-
-def get_gemm():
-    """``"fastnn"`` or ``"blas"``: what really computes the products now."""
-    return _kernels.get_gemm()
-
-
 def _simd_level():
     """The best x86-64 level the CPU offers (what fastnn runs is reported
     separately, as simd_variant)."""
@@ -175,7 +157,6 @@ def build_info():
         "simd_variant": _kernels.SIMD_VARIANT,
         "simd_kernels": _kernels.simd_variant(),
         "simd_variants_built": ", ".join(_kernels.SIMD_VARIANTS_BUILT),
-        "gemm": get_gemm(),
         "blas": None,
         "python": platform.python_version(),
         "numpy_version": numpy.__version__,
@@ -205,8 +186,3 @@ def show_config():
 
 _kernels.set_threads(_default_thread_count())
 _install_blas_thread_control()
-if os.environ.get("FASTNN_GEMM"):
-    try:
-        set_gemm(os.environ["FASTNN_GEMM"].strip())
-    except ValueError as exc:
-        raise ImportError(f"FASTNN_GEMM: {exc}") from None

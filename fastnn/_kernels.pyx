@@ -11,7 +11,8 @@ order, so every result is bit-identical whatever the thread count.
 """
 from cython cimport floating
 from cython.parallel cimport prange, parallel
-from libc.math cimport exp, expf, log, logf, log1p, log1pf, tanh, tanhf, sqrt, sqrtf, fabs, fabsf
+from libc.math cimport (exp, expf, log, logf, log1p, log1pf, tanh, tanhf, sqrt, sqrtf, fabs,
+                        fabsf, frexp, M_LN2)
 from libc.stdint cimport int64_t
 from libc.stdlib cimport malloc, calloc, free
 from libc.string cimport memset
@@ -381,6 +382,11 @@ cdef double _xent_chunk(const floating* Z, const int64_t* labels, const floating
     cdef floating row_max[ROWS_PER_CHUNK]
     cdef floating row_sum[ROWS_PER_CHUNK]
     cdef Py_ssize_t i, k, label
+    # unweighted class indices, no per-sample losses: every row adds log s - y.z
+    cdef bint product_of_sums = T == NULL and sw == NULL and L == NULL
+    cdef double s_product = 1
+    cdef int exponent
+    cdef Py_ssize_t s_exponent = 0
     _exp_rows(Z, G, row_max, row_sum, start, stop, c)
     for i in range(start, stop):
         z = Z + i * c
@@ -416,10 +422,21 @@ cdef double _xent_chunk(const floating* Z, const int64_t* labels, const floating
             inv = inv * <floating>y_sum
             for k in range(c):
                 g[k] = g[k] * inv - <floating>(w * scale) * _smoothed(T[i * c + k], smoothing, c)
+        if product_of_sums:
+            # sum_i log s_i as the log of a product: one log per chunk, not
+            # per row (a dozen classes cost less than one libm log)
+            s_product *= s
+            if (i - start) % 16 == 15:      # s <= C: 16 factors cannot overflow
+                s_product = frexp(s_product, &exponent)
+                s_exponent += exponent
+            total -= y_dot_z
+            continue
         loss = log(<double>s) * y_sum - y_dot_z
         if L != NULL:
             L[i] = <floating>(w * loss)
         total += w * loss
+    if product_of_sums:
+        total += log(s_product) + s_exponent * M_LN2
     return total
 
 
@@ -535,49 +552,6 @@ def pointwise_loss(int which, const floating[:, ::1] z, const floating[:, ::1] t
 # ---------------------------------------------------------------------------
 # dense layer: GEMM on BLAS, everything around it fused
 # ---------------------------------------------------------------------------
-cdef extern from "fastnn_gemm.h" nogil:
-    int FASTNN_HAVE_OWN_GEMM
-    int fastnn_gemm_f(int trans_a, int trans_b, Py_ssize_t m, Py_ssize_t n, Py_ssize_t k,
-                      const float* A, Py_ssize_t lda, const float* B, Py_ssize_t ldb, float* C,
-                      Py_ssize_t ldc)
-    int fastnn_gemm_d(int trans_a, int trans_b, Py_ssize_t m, Py_ssize_t n, Py_ssize_t k,
-                      const double* A, Py_ssize_t lda, const double* B, Py_ssize_t ldb,
-                      double* C, Py_ssize_t ldc)
-
-# Which GEMM computes the dense layers' tiles: fastnn's own (csrc/fastnn_gemm.h,
-# faster than OpenBLAS on the small products of a training step, measured in
-# benchmarks) where this variant has it, else BLAS.
-cdef bint _own_gemm = FASTNN_HAVE_OWN_GEMM
-
-
-def has_own_gemm():
-    return bool(FASTNN_HAVE_OWN_GEMM)
-
-
-def set_gemm(str name):
-    """'fastnn' (own GEMM where built, else BLAS) or 'blas' (validated by the caller)."""
-    global _own_gemm
-    _own_gemm = FASTNN_HAVE_OWN_GEMM and name == "fastnn"
-
-
-def get_gemm():
-    return "fastnn" if _own_gemm else "blas"
-
-
-cdef inline bint _own_gemm_tile(bint trans_a, bint trans_b, Py_ssize_t m, Py_ssize_t n,
-                                Py_ssize_t k, const floating* A, Py_ssize_t lda,
-                                const floating* B, Py_ssize_t ldb, floating* C,
-                                Py_ssize_t ldc) noexcept nogil:
-    """Row-major C = op(A) op(B) on fastnn's GEMM; False when it is off or
-    its packing buffers cannot be allocated (the caller then uses BLAS)."""
-    if not _own_gemm:
-        return False
-    if floating is float:
-        return fastnn_gemm_f(trans_a, trans_b, m, n, k, A, lda, B, ldb, C, ldc)
-    else:
-        return fastnn_gemm_d(trans_a, trans_b, m, n, k, A, lda, B, ldb, C, ldc)
-
-
 cdef inline void _gemm(char transa, char transb, int m, int n, int k, floating alpha,
                        const floating* a, int lda, const floating* b, int ldb, floating beta,
                        floating* c, int ldc) noexcept nogil:
@@ -631,7 +605,7 @@ cdef inline TileGrid _tile_grid(Py_ssize_t m, Py_ssize_t n, Py_ssize_t k) noexce
     cdef TileGrid g
     g.m, g.n = m, n
     g.row_tiles = g.col_tiles = 1
-    if (_own_gemm or _blas_threads_local != NULL) and m * n * k >= MIN_PARALLEL_GEMM:
+    if _blas_threads_local != NULL and m * n * k >= MIN_PARALLEL_GEMM:
         g.row_tiles = _cdiv(m, GEMM_TILE_ROWS)
         g.col_tiles = _cdiv(n, GEMM_TILE_COLS)
         while g.row_tiles * g.col_tiles < GEMM_MIN_TILES:
@@ -650,8 +624,8 @@ cdef void _gemm_tile(const TileGrid* g, Py_ssize_t t, bint trans_a, bint trans_b
                      Py_ssize_t k, const floating* A, Py_ssize_t lda, const floating* B,
                      Py_ssize_t ldb, floating* C, Py_ssize_t ldc, const floating* bias,
                      int kind, floating alpha) noexcept nogil:
-    """Tile ``t`` of the row-major C = op(A) op(B) on fastnn's GEMM or
-    single-threaded BLAS, then (when ``bias`` or ``kind`` asks for it) the bias + activation
+    """Tile ``t`` of the row-major C = op(A) op(B) on single-threaded BLAS,
+    then (when ``bias`` or ``kind`` asks for it) the bias + activation
     epilogue while the tile is in cache.  Issued as the column-major
     C^T = op(B)^T op(A)^T."""
     cdef Py_ssize_t i0 = (t // g.col_tiles) * g.tile_rows, j0 = (t % g.col_tiles) * g.tile_cols
@@ -661,13 +635,10 @@ cdef void _gemm_tile(const TileGrid* g, Py_ssize_t t, bint trans_a, bint trans_b
     cdef int previous
     if i1 <= i0 or j1 <= j0:
         return
-    if not _own_gemm_tile(trans_a, trans_b, i1 - i0, j1 - j0, k, a, lda, b, ldb,
-                          C + i0 * ldc + j0, ldc):
-        previous = _blas_single_begin()
-        _gemm(c'T' if trans_b else c'N', c'T' if trans_a else c'N', <int>(j1 - j0),
-              <int>(i1 - i0), <int>k, 1, b, <int>ldb, a, <int>lda, 0, C + i0 * ldc + j0,
-              <int>ldc)
-        _blas_single_end(previous)
+    previous = _blas_single_begin()
+    _gemm(c'T' if trans_b else c'N', c'T' if trans_a else c'N', <int>(j1 - j0), <int>(i1 - i0),
+          <int>k, 1, b, <int>ldb, a, <int>lda, 0, C + i0 * ldc + j0, <int>ldc)
+    _blas_single_end(previous)
     if bias != NULL or kind != IDENTITY:
         _bias_activation(C, bias, i0, i1, j0, j1, ldc, kind, alpha)
 
