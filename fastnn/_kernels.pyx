@@ -722,24 +722,36 @@ def dense_backward(const floating[:, ::1] A, const floating[:, ::1] W, const flo
 # logistic regression: z = X w + b, r = sigmoid(z) - t, g += r x in one sweep
 # ---------------------------------------------------------------------------
 cdef double _logistic_chunk(const floating* X, const floating* w, double b, const floating* T,
-                            const floating* sw, double* gw, Py_ssize_t start, Py_ssize_t stop,
-                            Py_ssize_t d) noexcept nogil:
-    """Accumulates sum_i w_i r_i x_i into gw[0:d] and sum_i w_i r_i into
-    gw[d]; returns sum_i w_i l_i."""
-    cdef double total = 0, wi, r, z, t
+                            const floating* sw, floating* gw, double* gb, Py_ssize_t start,
+                            Py_ssize_t stop, Py_ssize_t d) noexcept nogil:
+    """Rows [start, stop): gw[0:d] = sum_i w_i r_i x_i, gb[0] = sum_i w_i r_i;
+    returns sum_i w_i l_i.  Three passes over the chunk, which stays in
+    cache: the logits z_i, then r_i and the loss (one exp and one log1p per
+    row), then the rank-1 updates as a vectorised loop in the data's dtype
+    (one chunk's sum; the chunks are added in double)."""
+    cdef floating r[ROWS_PER_CHUNK]
+    cdef double total = 0, z, e, wi, t, r_sum = 0
     cdef const floating* x
+    cdef floating ri
     cdef Py_ssize_t i, j
-    memset(gw, 0, (d + 1) * sizeof(double))
     for i in range(start, stop):
-        x = X + i * d
-        z = _dot(x, w, d) + b
+        r[i - start] = <floating>(_dot(X + i * d, w, d) + b)
+    for i in range(start, stop):
+        z = r[i - start]
         t = T[i]
         wi = sw[i] if sw != NULL else 1
-        total += wi * ((z if z > 0 else 0) - t * z + log1p(exp(-fabs(z))))
-        r = wi * (_sigmoid(z) - t)
+        e = exp(-fabs(z))                  # shared by the loss and the sigmoid
+        total += wi * ((z if z > 0 else 0) - t * z + log1p(e))
+        ri = <floating>(wi * ((1 if z >= 0 else e) / (1 + e) - t))
+        r[i - start] = ri
+        r_sum += ri
+    memset(gw, 0, d * sizeof(floating))
+    for i in range(start, stop):
+        x = X + i * d
+        ri = r[i - start]
         for j in range(d):
-            gw[j] += r * x[j]
-        gw[d] += r
+            gw[j] += ri * x[j]
+    gb[0] = r_sum
     return total
 
 
@@ -750,29 +762,34 @@ def logistic_loss_grad(const floating[:, ::1] X, const floating[::1] w, double b
     cdef Py_ssize_t n = X.shape[0], d = X.shape[1]
     cdef Py_ssize_t n_chunks = _n_chunks(n), ch, j
     cdef const floating* wp = &sample_weight[0] if sample_weight is not None else NULL
-    cdef double* partial = <double*> malloc(n_chunks * (d + 2) * sizeof(double))
-    cdef double loss_sum = 0, grad_b = 0, s
-    if partial == NULL:
+    # per chunk: its gradient sum (d values) and [gb, loss] in double
+    cdef floating* chunk_gw = <floating*> malloc(n_chunks * d * sizeof(floating))
+    cdef double* partial = <double*> malloc((n_chunks * 2 + d) * sizeof(double))
+    cdef double* gw_sum = partial + n_chunks * 2
+    cdef double loss_sum = 0, grad_b = 0
+    if chunk_gw == NULL or partial == NULL:
+        free(chunk_gw)
+        free(partial)
         raise MemoryError()
     with nogil:
-        # chunk layout: [gw (d) | gb | loss]
         for ch in prange(n_chunks, schedule="static", num_threads=_n_threads,
                          use_threads_if=n * d >= MIN_PARALLEL_WORK):
-            partial[ch * (d + 2) + d + 1] = _logistic_chunk(
-                &X[0, 0], &w[0], b, &t[0], wp, partial + ch * (d + 2),
+            partial[2 * ch + 1] = _logistic_chunk(
+                &X[0, 0], &w[0], b, &t[0], wp, chunk_gw + ch * d, partial + 2 * ch,
                 ch * ROWS_PER_CHUNK, _chunk_stop(ch, n), d)
-        for j in range(d + 1):
-            s = 0
-            for ch in range(n_chunks):
-                s = s + partial[ch * (d + 2) + j]
-            if j < d:
-                grad_w[j] = <floating>(s * scale)
-            else:
-                grad_b = s * scale
+        # chunk by chunk (in order, as every reduction here), each a contiguous row
+        memset(gw_sum, 0, d * sizeof(double))
         for ch in range(n_chunks):
-            loss_sum = loss_sum + partial[ch * (d + 2) + d + 1]
+            for j in range(d):
+                gw_sum[j] += chunk_gw[ch * d + j]
+        for j in range(d):
+            grad_w[j] = <floating>(gw_sum[j] * scale)
+        for ch in range(n_chunks):
+            grad_b = grad_b + partial[2 * ch]
+            loss_sum = loss_sum + partial[2 * ch + 1]
+    free(chunk_gw)
     free(partial)
-    return loss_sum, grad_b
+    return loss_sum, grad_b * scale
 
 
 # ---------------------------------------------------------------------------
