@@ -54,6 +54,13 @@ cdef enum:
     GEMM_MIN_TILES = 4
     GEMM_MIN_TILE_SIDE = 32
 
+# Loss codes: pointwise_loss's ``which`` (functional.py passes 0 and 1) and
+# dense_stack_step's ``loss``.
+cpdef enum Loss:
+    LOSS_BCE = 0
+    LOSS_MSE = 1
+    LOSS_XENT = 2
+
 # Activation codes shared with functional.py (ACTIVATIONS maps names to them).
 cpdef enum Activation:
     IDENTITY = 0
@@ -453,23 +460,17 @@ def softmax_cross_entropy(const floating[:, ::1] logits, const int64_t[::1] labe
     """Returns sum_i w_i l_i; writes grad (scaled by ``scale``) and optionally
     the per-sample weighted losses.  Exactly one of labels/target is given."""
     cdef Py_ssize_t n = logits.shape[0], c = logits.shape[1]
-    cdef Py_ssize_t n_chunks = _n_chunks(n), ch
-    cdef const int64_t* lp = &labels[0] if labels is not None else NULL
-    cdef const floating* tp = &target[0, 0] if target is not None else NULL
-    cdef const floating* wp = &sample_weight[0] if sample_weight is not None else NULL
-    cdef floating* loss_p = &losses[0] if losses is not None else NULL
-    cdef const floating* zp = &logits[0, 0]
-    cdef floating* gp = &grad[0, 0]
-    cdef double* partial = <double*> malloc(n_chunks * sizeof(double))
-    cdef double total = 0
+    cdef double* partial = <double*> malloc(_n_chunks(n) * sizeof(double))
+    cdef double total
     if partial == NULL:
         raise MemoryError()
-    for ch in prange(n_chunks, nogil=True, schedule="static", num_threads=_n_threads,
-                     use_threads_if=n * c >= MIN_PARALLEL_WORK):
-        partial[ch] = _xent_chunk(zp, lp, tp, wp, gp, loss_p, ch * ROWS_PER_CHUNK,
-                                  _chunk_stop(ch, n), c, scale, smoothing)
-    for ch in range(n_chunks):
-        total += partial[ch]
+    with nogil:
+        total = _loss_rows(LOSS_XENT, &logits[0, 0],
+                           &labels[0] if labels is not None else NULL,
+                           &target[0, 0] if target is not None else NULL,
+                           &sample_weight[0] if sample_weight is not None else NULL,
+                           &grad[0, 0], &losses[0] if losses is not None else NULL,
+                           n, c, scale, smoothing, partial)
     free(partial)
     return total
 
@@ -523,29 +524,42 @@ cdef double _mse_chunk(const floating* O, const floating* Y, const floating* sw,
 def pointwise_loss(int which, const floating[:, ::1] z, const floating[:, ::1] t,
                    const floating[::1] sample_weight, floating[:, ::1] grad,
                    floating[::1] losses, double scale):
-    """which = 0: binary cross-entropy with logits; 1: squared error."""
+    """which = LOSS_BCE (0): binary cross-entropy with logits; LOSS_MSE (1): squared error."""
     cdef Py_ssize_t n = z.shape[0], k_out = z.shape[1]
-    cdef Py_ssize_t n_chunks = _n_chunks(n), ch
-    cdef const floating* wp = &sample_weight[0] if sample_weight is not None else NULL
-    cdef floating* loss_p = &losses[0] if losses is not None else NULL
-    cdef const floating* zp = &z[0, 0]
-    cdef const floating* tp = &t[0, 0]
-    cdef floating* gp = &grad[0, 0]
-    cdef double* partial = <double*> malloc(n_chunks * sizeof(double))
-    cdef double total = 0
+    cdef double* partial = <double*> malloc(_n_chunks(n) * sizeof(double))
+    cdef double total
     if partial == NULL:
         raise MemoryError()
-    for ch in prange(n_chunks, nogil=True, schedule="static", num_threads=_n_threads,
-                     use_threads_if=n * k_out >= MIN_PARALLEL_WORK):
-        if which == 0:
-            partial[ch] = _bce_chunk(zp, tp, wp, gp, loss_p, ch * ROWS_PER_CHUNK,
-                                     _chunk_stop(ch, n), k_out, scale)
+    with nogil:
+        total = _loss_rows(which, &z[0, 0], NULL, &t[0, 0],
+                           &sample_weight[0] if sample_weight is not None else NULL,
+                           &grad[0, 0], &losses[0] if losses is not None else NULL,
+                           n, k_out, scale, 0, partial)
+    free(partial)
+    return total
+
+
+cdef double _loss_rows(int which, const floating* Z, const int64_t* labels, const floating* T,
+                       const floating* sw, floating* G, floating* L, Py_ssize_t n, Py_ssize_t c,
+                       double scale, double smoothing, double* partial) noexcept nogil:
+    """The loss ``which`` of n rows of c outputs: the gradient into G (and the
+    per-sample losses into L unless NULL); returns the weighted loss sum.
+    ``partial`` holds one double per chunk of rows."""
+    cdef Py_ssize_t n_chunks = _n_chunks(n), ch
+    cdef double total = 0
+    for ch in prange(n_chunks, schedule="static", num_threads=_n_threads,
+                     use_threads_if=n * c >= MIN_PARALLEL_WORK):
+        if which == LOSS_XENT:
+            partial[ch] = _xent_chunk(Z, labels, T, sw, G, L, ch * ROWS_PER_CHUNK,
+                                      _chunk_stop(ch, n), c, scale, smoothing)
+        elif which == LOSS_BCE:
+            partial[ch] = _bce_chunk(Z, T, sw, G, L, ch * ROWS_PER_CHUNK, _chunk_stop(ch, n),
+                                     c, scale)
         else:
-            partial[ch] = _mse_chunk(zp, tp, wp, gp, loss_p, ch * ROWS_PER_CHUNK,
-                                     _chunk_stop(ch, n), k_out, scale)
+            partial[ch] = _mse_chunk(Z, T, sw, G, L, ch * ROWS_PER_CHUNK, _chunk_stop(ch, n),
+                                     c, scale)
     for ch in range(n_chunks):
         total += partial[ch]
-    free(partial)
     return total
 
 
@@ -691,31 +705,140 @@ def dense_backward(const floating[:, ::1] A, const floating[:, ::1] W, const flo
     """delta = G * f'(O) fused with db = column sums of delta; then
     dW = A^T delta and (when dA is given) dA = delta W^T, tiled like
     dense_forward.  ``delta`` may alias ``G``."""
-    cdef Py_ssize_t n = A.shape[0], n_in = A.shape[1], n_out = W.shape[1]
-    cdef Py_ssize_t n_chunks = _n_chunks(n), ch, j
-    cdef floating* dp = &delta[0, 0]
-    cdef floating* dA_p = &dA[0, 0] if dA is not None else NULL
-    cdef double* partial = <double*> malloc(n_chunks * n_out * sizeof(double))
-    cdef double s
+    cdef Py_ssize_t n = A.shape[0], n_out = W.shape[1]
+    cdef double* partial = <double*> malloc(_n_chunks(n) * n_out * sizeof(double))
     if partial == NULL:
         raise MemoryError()
     with nogil:
-        for ch in prange(n_chunks, schedule="static", num_threads=_n_threads,
-                         use_threads_if=n * n_out >= MIN_PARALLEL_WORK):
-            _delta_colsum_chunk(&O[0, 0], &G[0, 0], dp, partial + ch * n_out,
-                                ch * ROWS_PER_CHUNK, _chunk_stop(ch, n), n_out, kind,
-                                <floating>alpha)
-        for j in range(n_out):
-            s = 0
-            for ch in range(n_chunks):
-                s = s + partial[ch * n_out + j]
-            db[j] = <floating>s
-        _gemm_tiled(True, False, n_in, n_out, n, &A[0, 0], n_in, dp, n_out, &dW[0, 0], n_out,
-                    NULL, IDENTITY, 0)
-        if dA_p != NULL:
-            _gemm_tiled(False, True, n, n_in, n_out, dp, n_out, &W[0, 0], n_out, dA_p, n_in,
-                        NULL, IDENTITY, 0)
+        _dense_backward_rows(&A[0, 0], &W[0, 0], &O[0, 0], &G[0, 0], &delta[0, 0],
+                             &dA[0, 0] if dA is not None else NULL, &dW[0, 0], &db[0],
+                             n, A.shape[1], n_out, kind, <floating>alpha, partial)
     free(partial)
+
+
+cdef void _dense_backward_rows(const floating* A, const floating* W, const floating* O,
+                               const floating* G, floating* D, floating* dA, floating* dW,
+                               floating* db, Py_ssize_t n, Py_ssize_t n_in, Py_ssize_t n_out,
+                               int kind, floating alpha, double* partial) noexcept nogil:
+    """The body of dense_backward (dA may be NULL); ``partial`` holds
+    n_chunks x n_out doubles."""
+    cdef Py_ssize_t n_chunks = _n_chunks(n), ch, j
+    cdef double s
+    for ch in prange(n_chunks, schedule="static", num_threads=_n_threads,
+                     use_threads_if=n * n_out >= MIN_PARALLEL_WORK):
+        _delta_colsum_chunk(O, G, D, partial + ch * n_out, ch * ROWS_PER_CHUNK,
+                            _chunk_stop(ch, n), n_out, kind, alpha)
+    for j in range(n_out):
+        s = 0
+        for ch in range(n_chunks):
+            s = s + partial[ch * n_out + j]
+        db[j] = <floating>s
+    _gemm_tiled(True, False, n_in, n_out, n, A, n_in, D, n_out, dW, n_out, NULL, IDENTITY, 0)
+    if dA != NULL:
+        _gemm_tiled(False, True, n, n_in, n_out, D, n_out, W, n_out, dA, n_in, NULL, IDENTITY, 0)
+
+
+# ---------------------------------------------------------------------------
+# a whole training step of a stack of dense layers, in one call
+# ---------------------------------------------------------------------------
+cdef struct DenseLayer:
+    # raw pointers of one layer's arrays (float* or double*, as the step's dtype)
+    const void* W
+    const void* b
+    void* O
+    void* D
+    void* dW
+    void* db
+    Py_ssize_t n_in, n_out
+    int kind
+    double alpha
+
+
+def dense_stack_step(list layers, const floating[:, ::1] X, int loss,
+                     const int64_t[::1] labels, const floating[:, ::1] target,
+                     const floating[::1] sample_weight, floating[:, ::1] loss_grad,
+                     double scale, double smoothing):
+    """Forward, loss and backward of a stack of dense layers without
+    returning to Python in between: the same kernels, in the same order, as
+    dense_forward / softmax_cross_entropy or pointwise_loss / dense_backward
+    layer by layer, so the results are identical.
+
+    ``layers``: one tuple (W, b or None, kind, alpha, O, D, dW, db) per layer,
+    first to last, O and D (the outputs and deltas) of shape (N, n_out).  The
+    loss gradient goes to ``loss_grad``; each layer's input gradient straight
+    into the D of the layer below (none for the first layer).  Returns the
+    weighted loss sum.  Shapes are checked here; dtypes and contiguity by
+    the memoryviews."""
+    cdef Py_ssize_t n = X.shape[0], n_layers = len(layers), l, width = 1, n_in = X.shape[1]
+    cdef DenseLayer* plan
+    cdef double* partial
+    cdef double total
+    cdef const floating* A
+    cdef const floating[:, ::1] W
+    cdef const floating[::1] b
+    cdef floating[:, ::1] O, D, dW
+    cdef floating[::1] db
+    cdef int kind
+    cdef double alpha
+    if n_layers == 0:
+        raise ValueError("layers must not be empty")
+    plan = <DenseLayer*> malloc(n_layers * sizeof(DenseLayer))
+    if plan == NULL:
+        raise MemoryError()
+    try:
+        for l in range(n_layers):
+            W, b, kind, alpha, O, D, dW, db = layers[l]
+            if W.shape[0] != n_in or O.shape[0] != n or O.shape[1] != W.shape[1] \
+                    or D.shape[0] != n or D.shape[1] != W.shape[1] \
+                    or dW.shape[0] != W.shape[0] or dW.shape[1] != W.shape[1] \
+                    or db.shape[0] != W.shape[1] or (b is not None and b.shape[0] != W.shape[1]):
+                raise ValueError(f"layer {l}: shapes do not chain")
+            plan[l].W = &W[0, 0]
+            plan[l].b = &b[0] if b is not None else NULL
+            plan[l].O, plan[l].D, plan[l].dW, plan[l].db = &O[0, 0], &D[0, 0], &dW[0, 0], &db[0]
+            plan[l].n_in, plan[l].n_out = n_in, W.shape[1]
+            plan[l].kind, plan[l].alpha = kind, alpha
+            n_in = W.shape[1]
+            width = max(width, n_in)
+        if loss_grad.shape[0] != n or loss_grad.shape[1] != n_in:
+            raise ValueError("loss_grad must have the shape of the last layer's output")
+        if (labels is not None and labels.shape[0] != n) or \
+                (target is not None and (target.shape[0] != n or target.shape[1] != n_in)) or \
+                (sample_weight is not None and sample_weight.shape[0] != n):
+            raise ValueError("targets and weights must have one row per sample")
+        partial = <double*> malloc(_n_chunks(n) * width * sizeof(double))
+        if partial == NULL:
+            raise MemoryError()
+        with nogil:
+            A = &X[0, 0]
+            for l in range(n_layers):
+                _gemm_tiled(False, False, n, plan[l].n_out, plan[l].n_in, A, plan[l].n_in,
+                            <const floating*>plan[l].W, plan[l].n_out, <floating*>plan[l].O,
+                            plan[l].n_out, <const floating*>plan[l].b, plan[l].kind,
+                            <floating>plan[l].alpha)
+                A = <const floating*>plan[l].O
+            l = n_layers - 1
+            total = _loss_rows(loss, <const floating*>plan[l].O,
+                               &labels[0] if labels is not None else NULL,
+                               &target[0, 0] if target is not None else NULL,
+                               &sample_weight[0] if sample_weight is not None else NULL,
+                               &loss_grad[0, 0], NULL, n, plan[l].n_out, scale, smoothing,
+                               partial)
+            A = &loss_grad[0, 0]        # the gradient arriving at the current layer
+            for l in range(n_layers - 1, -1, -1):
+                _dense_backward_rows(<const floating*>plan[l - 1].O if l > 0 else &X[0, 0],
+                                     <const floating*>plan[l].W, <const floating*>plan[l].O, A,
+                                     <floating*>plan[l].D,
+                                     <floating*>plan[l - 1].D if l > 0 else NULL,
+                                     <floating*>plan[l].dW, <floating*>plan[l].db, n,
+                                     plan[l].n_in, plan[l].n_out, plan[l].kind,
+                                     <floating>plan[l].alpha, partial)
+                if l > 0:
+                    A = <const floating*>plan[l - 1].D
+        free(partial)
+    finally:
+        free(plan)
+    return total
 
 
 # ---------------------------------------------------------------------------

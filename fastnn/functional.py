@@ -200,6 +200,27 @@ def log_softmax(x, *, out=None):
 # ---------------------------------------------------------------------------
 # losses
 # ---------------------------------------------------------------------------
+def _xent_target(target, shape, dtype):
+    """(int64 class indices, None) or (None, probabilities) for logits of ``shape``."""
+    t = _array(target, "target")
+    if t.ndim == 2:
+        probs = _contiguous(t, "target", dtype, (2,))
+        _check_shape(probs, "target", shape, " (probabilities, the shape of logits)")
+        return None, probs
+    if t.ndim != 1:
+        raise ValueError(f"target must be 1-D class indices or 2-D probabilities, "
+                         f"got shape {t.shape}")
+    if t.size == 0:
+        raise ValueError("target must not be empty")
+    return _class_indices(t, *shape), None
+
+
+def _pointwise_target(y, name, shape, dtype, primary_name):
+    y = _contiguous(y, name, dtype, (len(shape),))
+    _check_shape(y, name, shape, f" (the shape of {primary_name})")
+    return y
+
+
 def _class_indices(target, n, n_classes):
     if target.shape != (n,):
         raise ValueError(f"target must have shape ({n},) (class indices) or ({n}, {n_classes}) "
@@ -233,18 +254,7 @@ def softmax_cross_entropy(logits, target, *, sample_weight=None, reduction="mean
         raise ValueError(f"label_smoothing must be in [0, 1), got {label_smoothing!r}")
     z = _primary(logits, "logits", (2,))
     n, c = z.shape
-    t = _array(target, "target")
-    labels = probs = None
-    if t.ndim == 2:
-        probs = _contiguous(t, "target", z.dtype, (2,))
-        _check_shape(probs, "target", z.shape, " (probabilities, the shape of logits)")
-    else:
-        if t.ndim != 1:
-            raise ValueError(f"target must be 1-D class indices or 2-D probabilities, "
-                             f"got shape {t.shape}")
-        if t.size == 0:
-            raise ValueError("target must not be empty")
-        labels = _class_indices(t, n, c)
+    labels, probs = _xent_target(target, z.shape, z.dtype)
     w = _sample_weight(sample_weight, n, z.dtype)
     scale = _scale(reduction, n, w)
     grad = _output(out, "out", z.shape, z.dtype, z, probs)
@@ -257,8 +267,7 @@ def softmax_cross_entropy(logits, target, *, sample_weight=None, reduction="mean
 def _pointwise_loss(which, primary_name, target_name, o, y, sample_weight, reduction, out):
     _check_reduction(reduction)
     o = _primary(o, primary_name, (1, 2))
-    y = _contiguous(y, target_name, o.dtype, (o.ndim,))
-    _check_shape(y, target_name, o.shape, f" (the shape of {primary_name})")
+    y = _pointwise_target(y, target_name, o.shape, o.dtype, primary_name)
     n = o.shape[0]
     w = _sample_weight(sample_weight, n, o.dtype)
     scale = _scale(reduction, n, w)
@@ -271,12 +280,12 @@ def _pointwise_loss(which, primary_name, target_name, o, y, sample_weight, reduc
 def binary_cross_entropy_with_logits(z, t, *, sample_weight=None, reduction="mean", out=None):
     """Binary cross-entropy on logits z (N,) or (N, K) with targets t in [0, 1]:
     returns (loss, gradient sigmoid(z) - t, scaled).  Stable for any |z|."""
-    return _pointwise_loss(0, "z", "t", z, t, sample_weight, reduction, out)
+    return _pointwise_loss(_kernels.Loss.LOSS_BCE, "z", "t", z, t, sample_weight, reduction, out)
 
 
 def mse_loss(o, y, *, sample_weight=None, reduction="mean", out=None):
     """Squared error with the 1/2 convention: returns (loss, gradient o - y, scaled)."""
-    return _pointwise_loss(1, "o", "y", o, y, sample_weight, reduction, out)
+    return _pointwise_loss(_kernels.Loss.LOSS_MSE, "o", "y", o, y, sample_weight, reduction, out)
 
 
 # ---------------------------------------------------------------------------

@@ -32,6 +32,7 @@ from collections import OrderedDict
 
 import numpy as np
 
+from . import _kernels
 from . import functional as F
 from . import init as _init
 
@@ -465,6 +466,9 @@ class Sequential(Module):
                 raise TypeError(f"Sequential: layer {i} must be a fastnn.nn.Module, "
                                 f"got {type(layer).__name__}")
         self.layers = tuple(layers)
+        # dense layers of one dtype only: train_step runs the whole step in one call
+        self._dense_stack = (bool(layers) and all(type(layer) is Dense for layer in layers)
+                             and len({layer.dtype for layer in layers}) == 1)
         # layer i must pass a gradient down iff a layer below it trains
         self._params_below = []
         seen = False
@@ -554,15 +558,33 @@ class Loss:
     def _kernel(self, output, target, sample_weight, out):
         raise NotImplementedError
 
+    # The loss code of _kernels.dense_stack_step, and its targets: (class
+    # indices, target array, label smoothing) for an output of ``shape``.
+    _stack_loss = None
+
+    def _stack_target(self, target, shape, dtype):
+        raise NotImplementedError
+
     def __repr__(self):
         return f"{type(self).__name__}()"
 
 
-def _column_target(output, target):
+def _column_target(shape, target):
     """A 1-D target for an (N, 1) output is read as (N, 1) (a view)."""
-    if output.ndim == 2 and output.shape[1] == 1 and target.ndim == 1:
+    if len(shape) == 2 and shape[1] == 1 and target.ndim == 1:
         return target.reshape(-1, 1)
     return target
+
+
+class _PointwiseLoss(Loss):
+    """The losses of ``F._pointwise_loss``: targets of the output's shape."""
+
+    _names = ("o", "y")
+
+    def _stack_target(self, target, shape, dtype):
+        target = _column_target(shape, np.asarray(target))
+        return None, F._pointwise_target(target, self._names[1], shape, dtype,
+                                         self._names[0]), 0.0
 
 
 class SoftmaxCrossEntropy(Loss):
@@ -581,41 +603,121 @@ class SoftmaxCrossEntropy(Loss):
         return F.softmax_cross_entropy(output, target, sample_weight=sample_weight,
                                        label_smoothing=self.label_smoothing, out=out)
 
+    _stack_loss = _kernels.Loss.LOSS_XENT
+
+    def _stack_target(self, target, shape, dtype):
+        return (*F._xent_target(target, shape, dtype), self.label_smoothing)
+
     def __repr__(self):
         return f"SoftmaxCrossEntropy(label_smoothing={self.label_smoothing})"
 
 
-class BinaryCrossEntropyWithLogits(Loss):
+class BinaryCrossEntropyWithLogits(_PointwiseLoss):
     """Sigmoid + binary cross-entropy on logits (N,) or (N, K), targets in
     [0, 1] of the same shape (a 1-D target is accepted for an (N, 1) output).
     The per-sample loss sums the K outputs; the batch loss is their mean
     (scikit-learn's multilabel convention)."""
 
+    _names = ("z", "t")
+    _stack_loss = _kernels.Loss.LOSS_BCE
+
     def _kernel(self, output, target, sample_weight, out):
-        return F.binary_cross_entropy_with_logits(output, _column_target(output, target),
+        return F.binary_cross_entropy_with_logits(output, _column_target(output.shape, target),
                                                   sample_weight=sample_weight, out=out)
 
 
-class MSELoss(Loss):
+class MSELoss(_PointwiseLoss):
     """Squared error with the ½ convention: per-sample ½·Σ_k (o_k − y_k)²,
     averaged over samples (a 1-D target is accepted for an (N, 1) output)."""
 
+    _stack_loss = _kernels.Loss.LOSS_MSE
+
     def _kernel(self, output, target, sample_weight, out):
-        return F.mse_loss(output, _column_target(output, target), sample_weight=sample_weight,
+        return F.mse_loss(output, _column_target(output.shape, target), sample_weight=sample_weight,
                           out=out)
 
 
 # ---------------------------------------------------------------------------
 # training
 # ---------------------------------------------------------------------------
+# train_step runs a Sequential of Dense layers with one of the three losses
+# in one kernel call (switched off by the tests that compare the two paths)
+_FUSE_DENSE_STACKS = True
+
+
 def train_step(model, loss, optimizer, X, y, sample_weight=None):
     """One step: forward, loss, backward, optimiser update.  Returns the
     batch loss.  Allocation-free after warm-up when X (and float targets and
-    weights) already have the model dtype and integer labels are int64."""
-    value = loss.forward(model.forward(X), y, sample_weight)
-    model.backward(loss.backward(), need_input_grad=False)
+    weights) already have the model dtype and integer labels are int64.
+
+    A ``Sequential`` of ``Dense`` layers (one dtype) with one of the losses
+    here runs forward, loss and backward in one compiled call
+    (``_kernels.dense_stack_step``): the same kernels in the same order as
+    layer by layer, so the same numbers, without returning to Python
+    between them.  Layers and loss are left as after the layer-by-layer
+    path (outputs, ``loss.backward()``); only the layers' input-gradient
+    buffers are not filled."""
+    if (_FUSE_DENSE_STACKS and getattr(model, "_dense_stack", False)
+            and type(loss)._stack_loss is not None):
+        value = _dense_stack_step(model.layers, loss, X, y, sample_weight)
+    else:
+        value = loss.forward(model.forward(X), y, sample_weight)
+        model.backward(loss.backward(), need_input_grad=False)
     optimizer.step()
     return value
+
+
+def _check_parameter(param, where, dtype, shape):
+    """What the kernel reads a parameter's data from and writes its grad to:
+    C-contiguous arrays of the layer's dtype and shape (the grad writeable)."""
+    for attr, array in (("data", param.data), ("grad", param.grad)):
+        if (not isinstance(array, np.ndarray) or array.dtype != dtype or array.shape != shape
+                or not array.flags.c_contiguous
+                or (attr == "grad" and not array.flags.writeable)):
+            raise ValueError(f"{where}.{attr} must be a C-contiguous {np.dtype(dtype)} array "
+                             f"of shape {shape}" + (", writeable" if attr == "grad" else "")
+                             + f"; got {getattr(array, 'dtype', type(array).__name__)} "
+                             f"{getattr(array, 'shape', '')}")
+
+
+def _dense_stack_step(layers, loss, X, y, sample_weight):
+    """Forward, loss and backward of dense ``layers`` in one kernel call;
+    returns the mean loss.  The checks of the layer-by-layer path: X as in
+    Dense.forward, targets and weights as in the loss's functional kernel,
+    the parameters' arrays by dtype, shape and layout."""
+    first = layers[0]
+    dtype = first.dtype
+    X = np.asarray(X)
+    if X.ndim != 2 or X.shape[1] != first.n_in:
+        raise ValueError(f"Dense(n_in={first.n_in}) expects X of shape (N, {first.n_in}), "
+                         f"got {X.shape}")
+    X = F._contiguous(X, "X", dtype, (2,))
+    n = X.shape[0]
+    shape = (n, layers[-1].n_out)
+    labels, target, smoothing = loss._stack_target(y, shape, dtype)
+    weights = F._sample_weight(sample_weight, n, dtype)
+    scale = F._scale("mean", n, weights)
+    plan = []
+    A = X
+    for i, layer in enumerate(layers):
+        for name, param in layer.named_parameters():
+            _check_parameter(param, f"layer {i} (Dense) {name}", dtype,
+                             (layer.n_in, layer.n_out) if name == "weight" else (layer.n_out,))
+        out_shape = (n, layer.n_out)
+        O = layer._buffer("output", out_shape, dtype)
+        bias = layer.bias
+        plan.append((layer.weight.data, None if bias is None else bias.data,
+                     F.ACTIVATIONS[layer.activation], layer.alpha, O,
+                     layer._buffer("delta", out_shape, dtype), layer.weight.grad,
+                     layer._buffer("bias_grad", (layer.n_out,), dtype) if bias is None
+                     else bias.grad))
+        layer._input, layer._output = A, O
+        A = O
+    grad = loss._workspace.get("grad", shape, dtype)
+    total = _kernels.dense_stack_step(plan, X, type(loss)._stack_loss, labels, target, weights,
+                                      grad, scale, smoothing)
+    loss._grad = grad
+    return total * scale
 
 
 def _model_dtype(model, X):
