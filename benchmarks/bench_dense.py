@@ -2,7 +2,7 @@
 (dX, dW, db from dY), the report's GFLOP/s counting 6·N·in·out.
 
 Peers: fastnn.functional, fastnn.reference, PyTorch (F.linear + relu +
-autograd); see workloads.py.
+autograd); see fastnn/bench/workloads.py.
 Run: pytest benchmarks/bench_dense.py
 """
 WORKLOAD = "dense"

@@ -2,7 +2,7 @@
 iterations of full-batch gradient descent (lr 0.1) on 100000 x 128.
 
 Peers: fastnn.functional.logistic_loss_grad, fastnn.reference, PyTorch
-(autograd); see workloads.py.
+(autograd); see fastnn/bench/workloads.py.
 Run: pytest benchmarks/bench_logreg.py
 """
 WORKLOAD = "logreg_gd"

@@ -2,7 +2,7 @@
 gradient w.r.t. the logits.
 
 Peers: fastnn.functional, fastnn.reference, PyTorch (F.cross_entropy +
-backward); see workloads.py.
+backward); see fastnn/bench/workloads.py.
 Run: pytest benchmarks/bench_softmax_xent.py
 """
 WORKLOAD = "softmax_xent"

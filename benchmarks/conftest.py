@@ -6,13 +6,16 @@ that are not installed are skipped with the reason), groups every peer of
 one workload, shape and thread count into one pytest-benchmark table, and
 checks each peer's output against the NumPy reference after timing it.
 
-FASTNN_BENCH_QUICK=1 (or ``-m "not slow"``) keeps only the small shapes.
+The workloads, shapes, peers and agreement checks are those of
+``python -m fastnn bench`` (fastnn.bench.workloads): one definition for both.
+FASTNN_BENCH_QUICK=1 runs the quick shapes of that command instead (the small
+shapes, a tenth of an mlp_epoch epoch and of the logreg_gd iterations).
 """
 import functools
 
 import pytest
 
-import workloads as W
+from fastnn.bench import workloads as W
 
 # long workloads: one warm-up, then few rounds of one call (an mlp_epoch is
 # seconds long); the others are calibrated by pytest-benchmark
@@ -24,24 +27,15 @@ def pytest_generate_tests(metafunc):
         return
     workload = metafunc.module.WORKLOAD
     params = []
-    for shape in W.SHAPES[workload]:
-        slow = () if shape in W.QUICK_SHAPES[workload] else (pytest.mark.slow,)
+    for shape in (W.QUICK_SHAPES if W.QUICK else W.SHAPES)[workload]:
         for n in W.thread_counts():
             for impl in W.PEERS[workload]:
                 reason = W.missing_reason(impl)
-                marks = slow + ((pytest.mark.skip(reason=reason),) if reason else ())
+                marks = (pytest.mark.skip(reason=reason),) if reason else ()
+                label = W.shape_id(shape).replace(", ", "-").replace(" ", "")
                 params.append(pytest.param(shape, impl, n, marks=marks,
-                                           id=f"{W.shape_id(shape)}-{n}thr-{impl}"))
+                                           id=f"{label}-{n}thr-{impl}"))
     metafunc.parametrize(("shape", "impl", "n_threads"), params)
-
-
-def pytest_collection_modifyitems(config, items):
-    if not W.QUICK:
-        return
-    slow = [item for item in items if item.get_closest_marker("slow")]
-    if slow:
-        config.hook.pytest_deselected(items=slow)
-        items[:] = [item for item in items if not item.get_closest_marker("slow")]
 
 
 @functools.lru_cache(maxsize=4)

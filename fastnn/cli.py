@@ -1,4 +1,5 @@
-"""Command line: ``python -m fastnn train`` / ``fastnn train`` and ``fastnn info``.
+"""Command line: ``python -m fastnn train`` / ``fastnn train``, ``fastnn info``
+and ``fastnn bench`` (in :mod:`fastnn.bench`).
 
 ``train`` fits a :class:`fastnn.MLPClassifier` on scikit-learn's bundled
 handwritten digits (no download) or on a user's ``.npz``/``.csv`` file,
@@ -123,6 +124,13 @@ def _build_parser():
                                description="Show how fastnn was built (compiler, OpenMP, SIMD) "
                                            "and what it runs with (threads, BLAS).")
     info.set_defaults(handler=_info)
+
+    from . import bench as _bench_options   # light: the options only
+    bench = commands.add_parser(
+        "bench", help="benchmark fastnn against NumPy, PyTorch and scikit-learn",
+        description=_bench_options.DESCRIPTION)
+    _bench_options.add_arguments(bench)
+    bench.set_defaults(handler=_bench)
     return parser
 
 
@@ -262,12 +270,14 @@ def _estimator_class():
     return MLPClassifier
 
 
-def _make_estimator(args):
+def _make_estimator(args, comm=None):
     cls = _estimator_class()
     params = dict(hidden_layer_sizes=args.hidden, activation=args.activation,
                   solver=args.solver, alpha=args.alpha, batch_size=args.batch_size,
                   learning_rate_init=args.lr, max_iter=args.epochs, tol=args.tol,
                   random_state=args.seed, verbose=not args.quiet)
+    if comm is not None:
+        params["comm"] = comm
     if args.threads is not None and "n_threads" in inspect.signature(cls).parameters:
         params["n_threads"] = args.threads
     return cls(**params)
@@ -284,8 +294,30 @@ def _no_convergence_warning():
             warnings.showwarning(w.message, w.category, w.filename, w.lineno)
 
 
+def _mpi_comm():
+    """MPI.COMM_WORLD when mpiexec started more than one rank, else None."""
+    from . import distributed
+    if not distributed.launched_by_mpi():
+        return None
+    try:
+        comm = distributed.world()
+    except ImportError as exc:
+        raise CLIError(f"started by an MPI launcher, but {exc}") from None
+    return comm if comm.Get_size() > 1 else None
+
+
 def _train(args):
-    from . import _config, io
+    """Under mpiexec every rank trains (fastnn.distributed); only rank 0
+    prints and saves the model, which is the same on every rank."""
+    comm = _mpi_comm()
+    if comm is None or comm.Get_rank() == 0:
+        return _train_rank(args, comm)
+    with open(os.devnull, "w") as devnull, contextlib.redirect_stdout(devnull):
+        return _train_rank(args, comm)
+
+
+def _train_rank(args, comm):
+    from . import _config, distributed, io
 
     _check_output(args.output)
     X, y, source = _load_data(args.data)
@@ -304,20 +336,24 @@ def _train(args):
     if isinstance(args.batch_size, int):   # a batch can't be larger than the data
         args.batch_size = min(args.batch_size, len(y_train))
 
+    if (comm is not None and args.threads is None
+            and not {"FASTNN_NUM_THREADS", "OMP_NUM_THREADS"} & set(os.environ)):
+        args.threads = distributed.default_threads(comm)  # don't oversubscribe the cores
     threads = (_config.num_threads(args.threads) if args.threads is not None
                else contextlib.nullcontext())
     with threads:
-        model = _make_estimator(args)
+        model = _make_estimator(args, comm)
         if not args.quiet:
             print(f"fastnn {__version__} {type(model).__name__}: hidden layers {args.hidden}, "
                   f"{args.activation}, {args.solver} lr={args.lr:g}, batch size "
                   f"{args.batch_size}, alpha={args.alpha:g}, up to {args.epochs} epochs, "
-                  f"seed {args.seed}, {_config.get_num_threads()} threads")
+                  f"seed {args.seed}, {_config.get_num_threads()} threads"
+                  + (f" x {comm.Get_size()} MPI ranks" if comm is not None else ""))
             print(f"data: {source}: {len(y)} samples, {X.shape[1]} features, "
                   f"{len(classes)} classes; {len(y_train)} train / {len(y_test)} test "
                   f"(stratified, seed {args.seed})")
             sys.stdout.flush()
-        with _no_convergence_warning():
+        with _no_convergence_warning(), distributed.abort_on_error(comm):
             start = time.perf_counter()
             model.fit(X_train, y_train)
             fit_time = time.perf_counter() - start
@@ -329,6 +365,8 @@ def _train(args):
     print(f"train accuracy: {100 * train_acc:.2f}%")
     if test_acc is not None:
         print(f"test accuracy: {100 * test_acc:.2f}%")
+    if not distributed.is_root(comm):
+        return 0
     try:
         io.save(model, args.output)
     except OSError as exc:
@@ -343,6 +381,11 @@ def _info(args):
 
     _config.show_config()
     return 0
+
+
+def _bench(args):
+    from .bench import run
+    return run(args)
 
 
 def main(argv=None):

@@ -1,5 +1,6 @@
-"""The standard workloads of WORKLOADS.md, shared by the pytest benchmarks
-(``bench_*.py``) and by ``report.py``.
+"""The standard workloads of WORKLOADS.md, shared by ``python -m fastnn
+bench`` (:mod:`fastnn.bench.report`) and the pytest benchmarks in the source
+tree's ``benchmarks/``.
 
 Every (workload, shape, implementation) becomes a ``Case``: ``run()`` is the
 timed work, ``reset()`` (untimed) restores the starting state so that every
@@ -14,6 +15,7 @@ import contextlib
 import functools
 import os
 import warnings
+from typing import NamedTuple
 
 import numpy as np
 from threadpoolctl import threadpool_limits
@@ -22,6 +24,7 @@ import fastnn
 import fastnn.functional as F
 import fastnn.reference as R
 from fastnn import nn, optim
+from fastnn.bench import WORKLOADS
 
 try:
     import torch
@@ -37,30 +40,64 @@ SEED = 0
 DTYPE = np.float32
 QUICK = os.environ.get("FASTNN_BENCH_QUICK", "") not in ("", "0")
 
-# (N, C) / (N, in, out) / batch size / (N, D), as in WORKLOADS.md
-SHAPES = {
-    "softmax_xent": [(128, 10), (1024, 1000), (65536, 10), (8192, 1000)],
-    "dense": [(32, 784, 256), (128, 784, 256), (128, 256, 10), (1024, 1024, 1024),
-              (4096, 512, 512)],
-    "mlp_epoch": [32, 128, 512],
-    "logreg_gd": [(100000, 128)],
-}
-# quick mode: the small shapes, and the batch size the issue targets name first
-QUICK_SHAPES = {
-    "softmax_xent": [(128, 10), (1024, 1000)],
-    "dense": [(128, 784, 256), (128, 256, 10)],
-    "mlp_epoch": [128],
-    "logreg_gd": [(100000, 128)],
-}
-WORKLOADS = tuple(SHAPES)
-
 MLP_SAMPLES, MLP_FEATURES, MLP_HIDDEN, MLP_CLASSES = 60000, 784, (256, 128), 10
 MLP_LR = 0.05
 LOGREG_ITERS, LOGREG_LR = 100, 0.1
 
 
+class Epoch(NamedTuple):
+    """mlp_epoch: the minibatch size, and the samples of the "epoch" (all
+    60000 in the standard workload; fewer, labelled, in the quick run)."""
+    batch: int
+    samples: int = MLP_SAMPLES
+
+
+class GD(NamedTuple):
+    """logreg_gd: N x D data and the number of gradient-descent iterations."""
+    n: int
+    d: int
+    iters: int = LOGREG_ITERS
+
+
+# (N, C) / (N, in, out) / Epoch / GD, as in WORKLOADS.md
+SHAPES = {
+    "softmax_xent": [(128, 10), (1024, 1000), (65536, 10), (8192, 1000)],
+    "dense": [(32, 784, 256), (128, 784, 256), (128, 256, 10), (1024, 1024, 1024),
+              (4096, 512, 512)],
+    "mlp_epoch": [Epoch(32), Epoch(128), Epoch(512)],
+    "logreg_gd": [GD(100000, 128)],
+}
+# quick: the small shapes, one tenth of an mlp_epoch epoch and of the logreg
+# iterations (labelled as such by shape_id: never passed off as the full work)
+QUICK_SHAPES = {
+    "softmax_xent": [(128, 10), (1024, 1000), (8192, 1000)],
+    "dense": [(128, 784, 256), (128, 256, 10)],
+    "mlp_epoch": [Epoch(128, MLP_SAMPLES // 10)],
+    "logreg_gd": [GD(100000, 128, LOGREG_ITERS // 10)],
+}
+# smoke: toy sizes that run in a second, for the test suite (tests/test_bench.py)
+SMOKE_SHAPES = {
+    "softmax_xent": [(16, 10), (32, 1000)],
+    "dense": [(8, 16, 12)],
+    "mlp_epoch": [Epoch(32, 256)],
+    "logreg_gd": [GD(512, 16, 5)],
+}
+assert tuple(SHAPES) == WORKLOADS == tuple(QUICK_SHAPES) == tuple(SMOKE_SHAPES)
+
+
 def shape_id(shape):
-    return "x".join(map(str, shape)) if isinstance(shape, tuple) else f"batch{shape}"
+    """A short label of a shape; one that is less than the standard work says so."""
+    if isinstance(shape, Epoch):
+        label = f"batch{shape.batch}"
+        if shape.samples != MLP_SAMPLES:
+            label += f", {shape.samples} samples ({shape.samples / MLP_SAMPLES:.2g} epoch)"
+        return label
+    if isinstance(shape, GD):
+        label = f"{shape.n}x{shape.d}"
+        if shape.iters != LOGREG_ITERS:
+            label += f", {shape.iters} iterations"
+        return label
+    return "x".join(map(str, shape))
 
 
 def thread_counts():
@@ -89,10 +126,18 @@ def threads(n):
 
 
 def gflop(workload, shape):
-    """Floating-point work of one call (dense: 6·N·in·out), or None."""
+    """Floating-point work of one call (dense: 6·N·in·out; mlp_epoch: its
+    matrix products), or None."""
     if workload == "dense":
         n, n_in, n_out = shape
         return 6e-9 * n * n_in * n_out
+    if workload == "mlp_epoch":
+        # forward A W and backward A^T Δ for every layer, Δ W^T for all but the
+        # first (no gradient w.r.t. the input)
+        sizes = (MLP_FEATURES, *MLP_HIDDEN, MLP_CLASSES)
+        pairs = list(zip(sizes[:-1], sizes[1:]))
+        per_sample = sum(6 * a * b for a, b in pairs) - 2 * pairs[0][0] * pairs[0][1]
+        return 1e-9 * per_sample * shape.samples
     return None
 
 
@@ -162,9 +207,9 @@ def make_data(workload, shape):
         dY[np.abs(Z) < 1e-4 * Z.std()] = 0
         return {"X": X, "W": W, "b": b, "dY": dY}
     if workload == "mlp_epoch":
-        return _mlp_data()
+        return _mlp_data(shape.samples)
     if workload == "logreg_gd":
-        n, d = shape
+        n, d = shape.n, shape.d
         X = rng.standard_normal((n, d), dtype=DTYPE)
         w_true = rng.standard_normal(d) / np.sqrt(d)
         t = (X @ w_true + 0.5 * rng.standard_normal(n) > 0).astype(DTYPE)
@@ -173,19 +218,19 @@ def make_data(workload, shape):
 
 
 @functools.lru_cache(maxsize=1)
-def _mlp_data():
-    """60000 x 784 Gaussian inputs labelled by a fixed random teacher network
+def _mlp_data(samples):
+    """``samples`` x 784 (60000 in the standard workload) Gaussian inputs labelled by a fixed random teacher network
     (784-64-10, tanh), the initial weights of the student 784-256-128-10
     (scikit-learn's initialisation, biases 0) and the shuffled sample order
     that fastnn.nn.fit draws with rng=SEED, so that the fastnn, reference and
     torch peers do exactly the same epoch."""
     rng = np.random.default_rng(SEED)
-    X = rng.standard_normal((MLP_SAMPLES, MLP_FEATURES), dtype=DTYPE)
+    X = rng.standard_normal((samples, MLP_FEATURES), dtype=DTYPE)
     T1 = rng.standard_normal((MLP_FEATURES, 64)) / np.sqrt(MLP_FEATURES)
     T2 = rng.standard_normal((64, MLP_CLASSES)) * 2 / np.sqrt(64)
     y = np.argmax(np.tanh(X @ T1) @ T2, axis=1).astype(np.int64)
     model = _fastnn_mlp()
-    order = np.arange(MLP_SAMPLES)
+    order = np.arange(samples)
     np.random.default_rng(SEED).shuffle(order)
     return {"X": X, "y": y, "init": model.state_dict(), "order": order}
 
@@ -405,7 +450,7 @@ def _torch_epoch(X, y, init, order, batch):
 # ---------------------------------------------------------------------------
 # logreg_gd: binary logistic regression, full-batch gradient descent
 # ---------------------------------------------------------------------------
-def _logreg(impl, data):
+def _logreg(impl, data, iters):
     X, t = data["X"], data["t"]
     d = X.shape[1]
     state = {}
@@ -417,7 +462,7 @@ def _logreg(impl, data):
         def run():
             w[:] = 0
             b = 0.0
-            for _ in range(LOGREG_ITERS):
+            for _ in range(iters):
                 loss, gw, gb = mod.logistic_loss_grad(X, w, b, t, out=grad)
                 w[:] -= DTYPE(LOGREG_LR) * gw
                 b -= LOGREG_LR * gb
@@ -429,7 +474,7 @@ def _logreg(impl, data):
         def run():
             w = torch.zeros(d, requires_grad=True)
             b = torch.zeros((), requires_grad=True)
-            for _ in range(LOGREG_ITERS):
+            for _ in range(iters):
                 loss = torch.nn.functional.binary_cross_entropy_with_logits(Xt @ w + b, tt)
                 loss.backward()
                 with torch.no_grad():
@@ -448,9 +493,9 @@ def make_case(workload, shape, impl):
     if workload == "dense":
         return _dense(impl, data)
     if workload == "mlp_epoch":
-        return _mlp_epoch(impl, data, shape)
+        return _mlp_epoch(impl, data, shape.batch)
     if workload == "logreg_gd":
-        return _logreg(impl, data)
+        return _logreg(impl, data, shape.iters)
     raise ValueError(f"unknown workload {workload!r}")
 
 

@@ -1,0 +1,173 @@
+"""``fastnn bench``: the command runs, reports every workload, catches a peer
+that is fast and wrong, writes its chart, and parses its options.
+
+Runs use the hidden ``--smoke`` option (toy shapes, one repeat: a few
+seconds); the timings themselves are not tested, only the report's shape.
+"""
+import math
+import os
+import re
+import subprocess
+import sys
+import types
+
+import numpy as np
+import pytest
+
+import fastnn
+from fastnn import cli
+from fastnn.bench import WORKLOADS
+from fastnn.bench import workloads as W
+
+SMALL = ["bench", "--smoke", "--threads", "1", "--workloads", "softmax_xent",
+         "--no-ceilings", "--no-scaling", "--no-chart"]
+
+
+def _tables(text):
+    """{heading: [rows as lists of cells]} of the Markdown report."""
+    tables, heading = {}, None
+    for line in text.splitlines():
+        if line.startswith("## "):
+            heading = line[3:]
+        elif line.startswith("| ") and heading is not None:
+            tables.setdefault(heading, []).append([c.strip() for c in line.strip("|").split("|")])
+    return tables
+
+
+def _table(tables, prefix):
+    (rows,) = [rows for heading, rows in tables.items() if heading.startswith(prefix)]
+    header, *body = rows
+    return [dict(zip(header, row, strict=True)) for row in body]
+
+
+def _ratio(cell):
+    assert cell.endswith("×"), cell
+    return float(cell[:-1])
+
+
+def test_smoke_run_reports_every_workload(tmp_path, capsys):
+    report = tmp_path / "report.md"
+    code = cli.main(["bench", "--smoke", "--threads", "1,2", "--no-chart",
+                     "--output", str(report)])
+    out = capsys.readouterr().out
+    assert code == 0, out
+    assert "## Problems" not in out
+    assert report.read_text() in out + "\n"           # --output holds the printed report
+    tables = _tables(out)
+
+    ceilings = _table(tables, "Machine ceilings")
+    assert [row["threads"] for row in ceilings] == ["1", "2"]
+    assert all(float(row["triad GB/s"]) > 0 for row in ceilings)
+    for workload in WORKLOADS:
+        rows = _table(tables, workload + ":")
+        shapes = {W.shape_id(s) for s in W.SMOKE_SHAPES[workload]}
+        assert {row["shape"] for row in rows} == shapes
+        assert len(rows) == 2 * len(shapes)             # one row per thread count
+        for row in rows:
+            assert row["agrees with reference"] == "yes"
+            assert re.fullmatch(r"[\d.]+ (s|ms|µs|ns)", row["fastnn"]), row
+            assert _ratio(row["reference/fastnn"]) > 0
+            if workload in ("dense", "mlp_epoch"):
+                assert row["% of sgemm"].endswith("%")
+    softmax_n = _table(tables, "Scaling: softmax_xent")
+    assert {row["shape"] for row in softmax_n} >= {"16x10", "64x10", "16x1000"}
+    batches = _table(tables, "Scaling: mlp_epoch")
+    assert {row["shape"].split(",")[0] for row in batches} == {"batch32", "batch64"}
+    assert "sklearn" not in batches[0]                  # scaling: fastnn, reference, torch
+    assert len(_table(tables, "Thread scaling")) == sum(map(len, W.SMOKE_SHAPES.values()))
+    summary = _table(tables, "Summary")
+    assert all(math.isfinite(_ratio(row["reference/fastnn"])) for row in summary)
+
+
+def test_a_wrong_peer_is_reported_and_fails_the_run(monkeypatch, capsys):
+    real = W.F
+
+    def off_by_a_bit(z, y, out=None):
+        loss, grad = real.softmax_cross_entropy(z, y, out=out)
+        grad[0, 0] += 0.01 * np.abs(grad).max()            # fast and wrong
+        return loss, grad
+
+    monkeypatch.setattr(W, "F", types.SimpleNamespace(softmax_cross_entropy=off_by_a_bit))
+    code = cli.main(SMALL)
+    out = capsys.readouterr().out
+    assert code == 1
+    rows = _table(_tables(out), "softmax_xent:")
+    assert all(row["agrees with reference"] == "NO: fastnn" for row in rows)
+    problems = out.split("## Problems", 1)[1]
+    assert "fastnn" in problems and "differs from the reference" in problems
+
+
+def test_a_failing_peer_is_reported_and_fails_the_run(monkeypatch, capsys):
+    def broken(z, y, out=None):
+        raise RuntimeError("kernel exploded")
+
+    monkeypatch.setattr(W, "F", types.SimpleNamespace(softmax_cross_entropy=broken))
+    assert cli.main(SMALL) == 1
+    out = capsys.readouterr().out
+    assert all(row["fastnn"] == "error" for row in _table(_tables(out), "softmax_xent:"))
+    assert "kernel exploded" in out.split("## Problems", 1)[1]
+
+
+def test_a_missing_optional_peer_is_skipped_with_the_reason(monkeypatch, capsys):
+    monkeypatch.setattr(W, "torch", None)
+    assert cli.main(SMALL) == 0
+    out = capsys.readouterr().out
+    assert "torch: PyTorch CPU" in out and "not run: PyTorch is not installed" in out
+    assert "torch" not in _table(_tables(out), "softmax_xent:")[0]
+
+
+def test_chart_is_written(tmp_path, capsys):
+    pytest.importorskip("matplotlib", reason="the chart needs matplotlib (optional)")
+    chart = tmp_path / "ratios.png"
+    args = [a for a in SMALL if a != "--no-chart"] + ["--chart", str(chart)]
+    assert cli.main(args) == 0
+    assert f"written to {chart}" in capsys.readouterr().out
+    assert chart.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_without_matplotlib_the_chart_is_skipped_not_fatal(tmp_path, monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "matplotlib.figure", None)   # import fails
+    chart = tmp_path / "ratios.png"
+    args = [a for a in SMALL if a != "--no-chart"] + ["--chart", str(chart)]
+    assert cli.main(args) == 0
+    assert "matplotlib is not installed" in capsys.readouterr().out
+    assert not chart.exists()
+
+
+def test_cli_parses_bench_options():
+    args = cli._build_parser().parse_args(["bench", "--quick"])
+    assert args.quick and not args.smoke
+    assert args.threads is None and args.repeats is None
+    assert args.workloads == list(WORKLOADS) and args.chart == "fastnn-bench.png"
+    args = cli._build_parser().parse_args(
+        ["bench", "--threads", "2,1,2", "--workloads", "dense,softmax_xent", "--repeats", "5"])
+    assert args.threads == [1, 2] and args.repeats == 5
+    assert args.workloads == ["softmax_xent", "dense"]      # report order
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--threads", "0"], "positive thread counts"),
+    (["--threads", "a,b"], "positive thread counts"),
+    (["--workloads", "conv2d"], "unknown workloads"),
+    (["--repeats", "0"], "positive integer"),
+])
+def test_bad_options_exit_2(argv, message, capsys):
+    assert cli.main(["bench", *argv]) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_unwritable_output_exits_2_before_measuring(tmp_path, capsys):
+    assert cli.main([*SMALL, "--output", str(tmp_path / "missing" / "r.md")]) == 2
+    captured = capsys.readouterr()
+    assert "cannot write there" in captured.err and "## softmax_xent" not in captured.out
+
+
+def test_python_dash_m_fastnn_bench(tmp_path):
+    """The console entry, from the package under test (no benchmarks/ needed)."""
+    root = os.path.dirname(os.path.dirname(fastnn.__file__))
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(
+        filter(None, [root, os.environ.get("PYTHONPATH")])))
+    proc = subprocess.run([sys.executable, "-m", "fastnn", *SMALL], capture_output=True,
+                          text=True, timeout=120, cwd=tmp_path, env=env)
+    assert proc.returncode == 0, proc.stderr
+    assert "## softmax_xent" in proc.stdout and "| 16x10 | 1 |" in proc.stdout
