@@ -36,22 +36,26 @@ cdef enum:
     # one thread: a parallel region's fork and barrier cost microseconds on
     # an idle machine, and up to a scheduler time slice on a busy one.
     MIN_PARALLEL_WORK = 1 << 17
-    # Multiply-adds (about 30 us of single-core GEMM) below which a product
-    # is not split across the team, for the same reason.
-    MIN_PARALLEL_GEMM = 1 << 21
+    # Multiply-adds (about 8 us of single-core GEMM) below which a product
+    # is not split across the team, for the same reason (measured: at batch
+    # 32 the 256 x 128 products of the mlp_epoch network gain from two threads).
+    MIN_PARALLEL_GEMM = 1 << 19
     # Larger products are cut into a fixed grid of output tiles of at most
     # this many rows and columns, each one single-threaded BLAS call, spread
     # over the team; tiles are halved further (down to GEMM_MIN_TILE_SIDE)
     # until there are GEMM_MIN_TILES, so that the small products of a
-    # training step (128 x 256 outputs) still keep two to four cores busy.
+    # training step (128 x 256 outputs) still keep two cores busy.  Sizes
+    # chosen by measurement on the mlp_epoch products at two threads (fewer,
+    # larger BLAS calls beat finer balance: 512 x 256 and 2 tiles took the
+    # epoch's GEMMs from 2.2-2.4 s to 1.8-1.9 s over batch 32, 128 and 512).
     # The grid depends on the shape only, never on the thread count, so
     # every element is computed by the same call whatever the number of
     # threads (OpenBLAS's own threading is not bit-reproducible across
     # thread counts, and its rounding of an element depends on where it
     # falls in the call's tiling).
-    GEMM_TILE_ROWS = 256
-    GEMM_TILE_COLS = 128
-    GEMM_MIN_TILES = 4
+    GEMM_TILE_ROWS = 512
+    GEMM_TILE_COLS = 256
+    GEMM_MIN_TILES = 2
     GEMM_MIN_TILE_SIDE = 32
 
 # Loss codes: pointwise_loss's ``which`` (functional.py passes 0 and 1) and
