@@ -3,7 +3,9 @@
 
 Contract (see docs/API.md): every function here receives *valid* input from
 ``fastnn.functional`` -- C-contiguous memoryviews of one float dtype, correct
-shapes, no empty dimensions -- and never raises.  One body serves float32 and
+shapes, no empty dimensions -- and never raises.  (dense_stack_step, called
+by fastnn.nn with checked arrays, also checks that its layers' shapes chain,
+as a second line of defence.)  One body serves float32 and
 float64 through the ``floating`` fused type.  Loops over rows run under
 ``prange`` with the GIL released; reductions over rows are computed per
 fixed-size chunk of rows and the chunk results are combined serially in chunk
