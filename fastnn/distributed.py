@@ -370,8 +370,7 @@ def fit(model, loss, optimizer, X, y, *, epochs, batch_size, comm, shuffle=True,
                     wb = (None if sample_weight is None
                           else np.take(sample_weight, idx, out=w_buf[:m], mode="clip"))
                     weight = m if wb is None else float(wb.sum(dtype=np.float64))
-                    value = loss.forward(model.forward(xb), yb, wb)
-                    model.backward(loss.backward(), need_input_grad=False)
+                    value = nn.forward_backward(model, loss, xb, yb, wb)
                     sums += (value * weight, weight)
                 else:        # nothing here this step: still join the reduction
                     weight = 0.0

@@ -52,6 +52,7 @@ __all__ = [
     "SoftmaxCrossEntropy",
     "Tanh",
     "fit",
+    "forward_backward",
     "train_step",
 ]
 
@@ -657,13 +658,19 @@ def train_step(model, loss, optimizer, X, y, sample_weight=None):
     between them.  Layers and loss are left as after the layer-by-layer
     path (outputs, ``loss.backward()``); only the layers' input-gradient
     buffers are not filled."""
+    value = forward_backward(model, loss, X, y, sample_weight)
+    optimizer.step()
+    return value
+
+
+def forward_backward(model, loss, X, y, sample_weight=None):
+    """``train_step`` without the update: the parameters' ``.grad`` hold the
+    batch's gradient afterwards; returns the batch loss."""
     if (_FUSE_DENSE_STACKS and getattr(model, "_dense_stack", False)
             and type(loss)._stack_loss is not None):
-        value = _dense_stack_step(model.layers, loss, X, y, sample_weight)
-    else:
-        value = loss.forward(model.forward(X), y, sample_weight)
-        model.backward(loss.backward(), need_input_grad=False)
-    optimizer.step()
+        return _dense_stack_step(model.layers, loss, X, y, sample_weight)
+    value = loss.forward(model.forward(X), y, sample_weight)
+    model.backward(loss.backward(), need_input_grad=False)
     return value
 
 

@@ -82,6 +82,19 @@ def test_the_fused_path_is_taken(monkeypatch):
     nn.train_step(model, loss, optim.SGD(model.parameters(), lr=0.1), X, y)
 
 
+def test_forward_backward_leaves_the_update_out(monkeypatch):
+    model = _model(np.float64)
+    X, y, loss = _problem("xent", np.float64)
+    before = [p.data.copy() for p in model.parameters()]
+    value = nn.forward_backward(model, loss, X, y)
+    monkeypatch.setattr(nn, "_FUSE_DENSE_STACKS", False)
+    plain = _model(np.float64)
+    assert value == nn.forward_backward(plain, loss, X, y)
+    for p, q, old in zip(model.parameters(), plain.parameters(), before):
+        np.testing.assert_array_equal(p.data, old)
+        np.testing.assert_array_equal(p.grad, q.grad)
+
+
 def test_non_dense_stacks_take_the_layer_path(monkeypatch):
     calls = []
     original = nn.Dense.forward
