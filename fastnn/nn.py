@@ -470,6 +470,7 @@ class Sequential(Module):
         # dense layers of one dtype only: train_step runs the whole step in one call
         self._dense_stack = (bool(layers) and all(type(layer) is Dense for layer in layers)
                              and len({layer.dtype for layer in layers}) == 1)
+        self._stack_cache = None   # train_step's checked arrays (_stack_plan)
         # layer i must pass a gradient down iff a layer below it trains
         self._params_below = []
         seen = False
@@ -507,6 +508,7 @@ class Sequential(Module):
     def release_buffers(self):
         for layer in self.layers:
             layer.release_buffers()
+        self._stack_cache = None
         super().release_buffers()
 
     def __getitem__(self, index):
@@ -668,7 +670,7 @@ def forward_backward(model, loss, X, y, sample_weight=None):
     batch's gradient afterwards; returns the batch loss."""
     if (_FUSE_DENSE_STACKS and getattr(model, "_dense_stack", False)
             and type(loss)._stack_loss is not None):
-        return _dense_stack_step(model.layers, loss, X, y, sample_weight)
+        return _dense_stack_step(model, loss, X, y, sample_weight)
     value = loss.forward(model.forward(X), y, sample_weight)
     model.backward(loss.backward(), need_input_grad=False)
     return value
@@ -687,11 +689,12 @@ def _check_parameter(param, where, dtype, shape):
                              f"{getattr(array, 'shape', '')}")
 
 
-def _dense_stack_step(layers, loss, X, y, sample_weight):
-    """Forward, loss and backward of dense ``layers`` in one kernel call;
-    returns the mean loss.  The checks of the layer-by-layer path: X as in
-    Dense.forward, targets and weights as in the loss's functional kernel,
-    the parameters' arrays by dtype, shape and layout."""
+def _dense_stack_step(model, loss, X, y, sample_weight):
+    """Forward, loss and backward of ``model``'s dense layers in one kernel
+    call; returns the mean loss.  The checks of the layer-by-layer path: X as
+    in Dense.forward, targets and weights as in the loss's functional kernel,
+    the parameters' arrays by dtype, shape and layout (``_stack_plan``)."""
+    layers = model.layers
     first = layers[0]
     dtype = first.dtype
     X = np.asarray(X)
@@ -700,31 +703,49 @@ def _dense_stack_step(layers, loss, X, y, sample_weight):
                          f"got {X.shape}")
     X = F._contiguous(X, "X", dtype, (2,))
     n = X.shape[0]
-    shape = (n, layers[-1].n_out)
-    labels, target, smoothing = loss._stack_target(y, shape, dtype)
+    labels, target, smoothing = loss._stack_target(y, (n, layers[-1].n_out), dtype)
     weights = F._sample_weight(sample_weight, n, dtype)
     scale = F._scale("mean", n, weights)
-    plan = []
+    plan, grad = _stack_plan(model, loss, n, dtype)
     A = X
-    for i, layer in enumerate(layers):
-        for name, param in layer.named_parameters():
-            _check_parameter(param, f"layer {i} (Dense) {name}", dtype,
-                             (layer.n_in, layer.n_out) if name == "weight" else (layer.n_out,))
-        out_shape = (n, layer.n_out)
-        O = layer._buffer("output", out_shape, dtype)
-        bias = layer.bias
-        plan.append((layer.weight.data, None if bias is None else bias.data,
-                     F.ACTIVATIONS[layer.activation], layer.alpha, O,
-                     layer._buffer("delta", out_shape, dtype), layer.weight.grad,
-                     layer._buffer("bias_grad", (layer.n_out,), dtype) if bias is None
-                     else bias.grad))
-        layer._input, layer._output = A, O
-        A = O
-    grad = loss._workspace.get("grad", shape, dtype)
+    for layer, arrays in zip(layers, plan):
+        layer._input, layer._output = A, arrays[4]
+        A = arrays[4]
     total = _kernels.dense_stack_step(plan, X, type(loss)._stack_loss, labels, target, weights,
                                       grad, scale, smoothing)
     loss._grad = grad
     return total * scale
+
+
+def _stack_plan(model, loss, n, dtype):
+    """dense_stack_step's per-layer arrays for a batch of ``n`` and the loss
+    gradient buffer: checked and gathered once, then reused (in training
+    mode) while the batch size, the loss and every parameter array stay the
+    same objects -- a step then spends no Python time on them."""
+    params = [p for layer in model.layers for p in (layer.weight, layer.bias) if p is not None]
+    arrays = [a for p in params for a in (p.data, p.grad)]
+    cached = model._stack_cache
+    # (an array's layout and dtype cannot change in place; its writeability can)
+    if (cached is not None and cached[0] == n and cached[1] is loss and len(cached[2]) == len(arrays)
+            and all(a is b for a, b in zip(cached[2], arrays))
+            and all(p.grad.flags.writeable for p in params)):
+        return cached[3], cached[4]
+    plan = []
+    for i, layer in enumerate(model.layers):
+        for name, param in layer.named_parameters():
+            _check_parameter(param, f"layer {i} (Dense) {name}", dtype,
+                             (layer.n_in, layer.n_out) if name == "weight" else (layer.n_out,))
+        out_shape = (n, layer.n_out)
+        bias = layer.bias
+        plan.append((layer.weight.data, None if bias is None else bias.data,
+                     F.ACTIVATIONS[layer.activation], layer.alpha,
+                     layer._buffer("output", out_shape, dtype),
+                     layer._buffer("delta", out_shape, dtype), layer.weight.grad,
+                     layer._buffer("bias_grad", (layer.n_out,), dtype) if bias is None
+                     else bias.grad))
+    grad = loss._workspace.get("grad", (n, model.layers[-1].n_out), dtype)
+    model._stack_cache = (n, loss, arrays, plan, grad) if model.training else None
+    return plan, grad
 
 
 def _model_dtype(model, X):

@@ -119,6 +119,9 @@ def test_non_dense_stacks_take_the_layer_path(monkeypatch):
 def test_bad_input_is_refused_before_any_update(case, error, match):
     model = _model(np.float32)
     X, y, loss = _problem("xent", np.float32, n=8)
+    # one good step first: the checked arrays are cached, and must be checked
+    # again when a parameter's array is replaced
+    nn.train_step(model, loss, optim.SGD(model.parameters(), lr=0.1), X, y)
     w = None
     if case == "X_shape":
         X = X[:, :5]
