@@ -336,9 +336,7 @@ def fit(model, loss, optimizer, X, y, *, epochs, batch_size, comm, shuffle=True,
     batch_hooks = [cb.batch_end for cb in callbacks if hasattr(cb, "batch_end")]
     largest = (math.ceil(batch_size / size) if not sharded
                else math.ceil(n_local / n_steps) if n_local else 0)
-    X_buf = np.empty((largest,) + X.shape[1:], dtype)
-    y_buf = np.empty((largest,) + y.shape[1:], y.dtype)
-    w_buf = None if sample_weight is None else np.empty(largest, dtype)
+    gather = nn._BatchGather(X, y, sample_weight, largest)
     order = np.arange(n_local)
     sums = np.empty(2, np.float64)  # loss·weight and weight of the epoch on this rank
     if sharded:  # step s takes shard_range(n_r, rank=s, size=n_steps) of each rank r
@@ -363,12 +361,8 @@ def fit(model, loss, optimizer, X, y, *, epochs, batch_size, comm, shuffle=True,
                     lo, hi = shard_range(global_m, rank=rank, size=size)
                     lo, hi = start + lo, start + hi
                 m = hi - lo
-                idx = order[lo:hi]
                 if m:
-                    xb = np.take(X, idx, axis=0, out=X_buf[:m], mode="clip")
-                    yb = np.take(y, idx, axis=0, out=y_buf[:m], mode="clip")
-                    wb = (None if sample_weight is None
-                          else np.take(sample_weight, idx, out=w_buf[:m], mode="clip"))
+                    xb, yb, wb = gather(order[lo:hi])
                     weight = m if wb is None else float(wb.sum(dtype=np.float64))
                     value = nn.forward_backward(model, loss, xb, yb, wb)
                     sums += (value * weight, weight)

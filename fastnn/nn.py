@@ -755,6 +755,23 @@ def _model_dtype(model, X):
     return F._compute_dtype(np.asarray(X))
 
 
+class _BatchGather:
+    """Rows of X, y (and sample weights) gathered by index into buffers of
+    ``rows`` rows allocated once, not fancy-indexed copies.  Shared by
+    ``fit`` and ``fastnn.distributed.fit``."""
+
+    def __init__(self, X, y, sample_weight, rows):
+        self.arrays = (X, y, sample_weight)
+        self.buffers = tuple(None if a is None else np.empty((rows,) + a.shape[1:], a.dtype)
+                             for a in self.arrays)
+
+    def __call__(self, idx):
+        # mode="clip": the indices are valid, and "raise" would buffer the output
+        return tuple(None if a is None else np.take(a, idx, axis=0, out=buf[:len(idx)],
+                                                    mode="clip")
+                     for a, buf in zip(self.arrays, self.buffers))
+
+
 def _call_epoch_end(callback, epoch, value):
     hook = getattr(callback, "epoch_end", None)
     if hook is not None:
@@ -809,10 +826,7 @@ def fit(model, loss, optimizer, X, y, *, epochs, batch_size, shuffle=True, rng=N
     batch_size = min(batch_size, n)
 
     order = np.arange(n)
-    if shuffle:
-        X_buf = np.empty((batch_size,) + X.shape[1:], dtype)
-        y_buf = np.empty((batch_size,) + y.shape[1:], y.dtype)
-        w_buf = None if sample_weight is None else np.empty(batch_size, dtype)
+    gather = _BatchGather(X, y, sample_weight, batch_size) if shuffle else None
 
     history = []
     was_training = model.training
@@ -826,12 +840,7 @@ def fit(model, loss, optimizer, X, y, *, epochs, batch_size, shuffle=True, rng=N
                 stop = min(start + batch_size, n)
                 m = stop - start
                 if shuffle:
-                    idx = order[start:stop]
-                    # mode="clip": the indices are valid, and "raise" would buffer the output
-                    xb = np.take(X, idx, axis=0, out=X_buf[:m], mode="clip")
-                    yb = np.take(y, idx, axis=0, out=y_buf[:m], mode="clip")
-                    wb = (None if sample_weight is None
-                          else np.take(sample_weight, idx, out=w_buf[:m], mode="clip"))
+                    xb, yb, wb = gather(order[start:stop])
                 else:  # contiguous row slices are views: no gathering needed
                     xb, yb = X[start:stop], y[start:stop]
                     wb = None if sample_weight is None else sample_weight[start:stop]
