@@ -87,6 +87,7 @@ class Optimizer:
         self.params = params
         self.lr = lr
         self.steps = 0  # updates made so far
+        self._views = None  # see _checked_views
 
     @property
     def lr(self):
@@ -108,6 +109,28 @@ class Optimizer:
     def _state_arrays(self):
         """``{prefix: list of per-parameter arrays}`` of the optimiser state."""
         return {}
+
+    def _checked_views(self, *states):
+        """Per parameter, (data, grad, *state) as the checked flat views the
+        update kernels take (F._param_and_grad, F._state).  ``states``:
+        (name, per-parameter arrays) pairs; an array may be None.  Checked once and reused while every array stays the same
+        object, C-contiguous in the parameter's dtype (no converted copy) and
+        writeable -- an update then spends no Python time on its arrays."""
+        names = [name for name, _ in states]
+        arrays = [(p.data, p.grad, *s) for p, *s in zip(self.params, *(a for _, a in states))]
+        cached = self._views
+        if (cached is not None and len(cached[0]) == len(arrays)
+                and all(x is y for old, new in zip(cached[0], arrays) for x, y in zip(old, new))
+                and all(a.flags.writeable for row in arrays for a in row if a is not None)):
+            return cached[1]
+        views = []
+        for data, grad, *state in arrays:
+            p, g = F._param_and_grad(data, grad)
+            views.append((p, g, *(None if s is None else F._state(s, name, data)
+                                  for name, s in zip(names, state))))
+        reusable = all(g.dtype == d.dtype and g.flags.c_contiguous for d, g, *_ in arrays)
+        self._views = (arrays, views) if reusable else None
+        return views
 
     def state_dict(self):
         """Hyperparameters as 0-d arrays and copies of the state arrays
@@ -171,13 +194,12 @@ class SGD(Optimizer):
     def step(self):
         if self.momentum > 0 and self.velocities is None:  # momentum switched on later
             self._allocate()
-        velocities = self.velocities
+        velocities = self.velocities or [None] * len(self.params)
         lr, momentum, nesterov = self.lr, self.momentum, self.nesterov
-        for i, p in enumerate(self.params):
-            reg = p.regularize
-            F.sgd_step(p.data, p.grad, None if velocities is None else velocities[i],
-                       lr=lr, momentum=momentum, nesterov=nesterov,
-                       l2=self.weight_decay if reg else 0.0, l1=self.l1 if reg else 0.0)
+        for param, (p, g, v) in zip(self.params, self._checked_views(("velocity", velocities))):
+            reg = param.regularize
+            F._sgd_update(p, g, v, lr, momentum, nesterov,
+                          self.weight_decay if reg else 0.0, self.l1 if reg else 0.0)
         self.steps += 1
 
 
@@ -212,13 +234,11 @@ class Adam(Optimizer):
     def step(self):
         self.steps += 1
         decay = self.weight_decay
-        for p, m, v in zip(self.params, self.m, self.v):
-            reg = p.regularize
-            F.adam_step(p.data, p.grad, m, v, lr=self.lr, step=self.steps,
-                        beta1=self.beta1, beta2=self.beta2, eps=self.eps,
-                        l2=decay if reg and not self._decoupled else 0.0,
-                        l1=self.l1 if reg else 0.0,
-                        weight_decay=decay if reg and self._decoupled else 0.0)
+        for param, (p, g, m, v) in zip(self.params, self._checked_views(("m", self.m), ("v", self.v))):
+            reg = param.regularize
+            F._adam_update(p, g, m, v, self.lr, self.steps, self.beta1, self.beta2, self.eps,
+                           decay if reg and not self._decoupled else 0.0,
+                           self.l1 if reg else 0.0, decay if reg and self._decoupled else 0.0)
 
 
 class AdamW(Adam):

@@ -470,3 +470,22 @@ def test_schedule_in_fit_sets_lr_and_stops_training(rng):
     nn.fit(model, nn.SoftmaxCrossEntropy(), opt, X, y, epochs=2, batch_size=16, rng=0,
            callbacks=[schedule])
     assert schedule.samples_seen == 80 and opt.lr == pytest.approx(0.1 / math.sqrt(81))
+
+
+@pytest.mark.parametrize("make", [optim.SGD, lambda ps: optim.SGD(ps, momentum=0.9), optim.Adam])
+def test_checked_arrays_are_checked_again_when_replaced(make):
+    # the optimisers keep their checked flat views across steps: a replaced
+    # or frozen array must be checked again, not written through a stale view
+    p = nn.Parameter(np.ones((3, 2), np.float32), "w")
+    opt = make([p])
+    p.grad[...] = 1
+    opt.step()
+    p.data = np.ones((2, 3), np.float32)
+    with pytest.raises(ValueError, match="shape"):
+        opt.step()
+    p.data = np.ones((3, 2), np.float32)
+    opt.step()
+    assert (p.data < 1).all()           # the new array was updated
+    p.data.flags.writeable = False
+    with pytest.raises(ValueError, match="writeable"):
+        opt.step()
