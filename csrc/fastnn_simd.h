@@ -1,4 +1,4 @@
-/* Vectorisable inner loops of the row kernels (softmax, cross-entropy, dot).
+/* Vectorisable inner loops of the row kernels (softmax, cross-entropy, logistic).
  *
  * libm's expf is a scalar call, which keeps GCC from vectorising a loop that
  * contains it; fastnn_expf below is branch-free arithmetic that it can.  The
@@ -134,7 +134,7 @@ static ptrdiff_t fastnn_count_outside(const int64_t *x, ptrdiff_t n, int64_t c)
 /* max of z[0:c] (c >= 1).  A NaN may or may not win: either way the row's
  * exp-sum turns NaN, which is the documented NaN-row policy. */
 #define FASTNN_DEFINE_MAX(name, type)                                      \
-    static type name(const type *z, ptrdiff_t c)             \
+    static type name(const type *z, ptrdiff_t c)                           \
     {                                                                      \
         type m = z[0];                                                     \
         _Pragma("omp simd reduction(max:m)")                               \
@@ -145,17 +145,121 @@ static ptrdiff_t fastnn_count_outside(const int64_t *x, ptrdiff_t n, int64_t c)
 FASTNN_DEFINE_MAX(fastnn_max_f, float)
 FASTNN_DEFINE_MAX(fastnn_max_d, double)
 
-/* sum_k x[k] y[k], accumulated in the element type. */
-#define FASTNN_DEFINE_DOT(name, type)                                      \
-    static type name(const type *x, const type *y, ptrdiff_t n) \
+/* z[i] = x_i . w + b for the n rows x_i = X + i d (b added in double).  Four rows at a time:
+ * one row's sum is a chain of dependent adds, four independent sums keep the
+ * FMA units busy, and each load of w serves four rows. */
+#define FASTNN_DEFINE_MATVEC(name, type)                                   \
+    static void name(const type *X, ptrdiff_t d, const type *w, double b,  \
+                     ptrdiff_t n, type *z)                                 \
     {                                                                      \
-        type s = 0;                                                        \
-        _Pragma("omp simd reduction(+:s)")                                 \
-        for (ptrdiff_t k = 0; k < n; k++)                                  \
-            s += x[k] * y[k];                                              \
-        return s;                                                          \
+        ptrdiff_t i = 0;                                                   \
+        for (; i + 4 <= n; i += 4) {                                       \
+            const type *x0 = X + i * d, *x1 = x0 + d, *x2 = x1 + d,        \
+                       *x3 = x2 + d;                                       \
+            type s0 = 0, s1 = 0, s2 = 0, s3 = 0;                           \
+            _Pragma("omp simd reduction(+:s0,s1,s2,s3)")                   \
+            for (ptrdiff_t k = 0; k < d; k++) {                            \
+                s0 += x0[k] * w[k];                                        \
+                s1 += x1[k] * w[k];                                        \
+                s2 += x2[k] * w[k];                                        \
+                s3 += x3[k] * w[k];                                        \
+            }                                                              \
+            z[i] = (type)(s0 + b);                                         \
+            z[i + 1] = (type)(s1 + b);                                     \
+            z[i + 2] = (type)(s2 + b);                                     \
+            z[i + 3] = (type)(s3 + b);                                     \
+        }                                                                  \
+        for (; i < n; i++) {                                               \
+            const type *x0 = X + i * d;                                    \
+            type s0 = 0;                                                   \
+            _Pragma("omp simd reduction(+:s0)")                            \
+            for (ptrdiff_t k = 0; k < d; k++)                              \
+                s0 += x0[k] * w[k];                                        \
+            z[i] = (type)(s0 + b);                                         \
+        }                                                                  \
     }
-FASTNN_DEFINE_DOT(fastnn_dot_f, float)
-FASTNN_DEFINE_DOT(fastnn_dot_d, double)
+FASTNN_DEFINE_MATVEC(fastnn_matvec_f, float)
+FASTNN_DEFINE_MATVEC(fastnn_matvec_d, double)
+
+#if defined(__GNUC__)
+#define FASTNN_PREFETCH(p) __builtin_prefetch((p), 0, 3)
+#else
+#define FASTNN_PREFETCH(p) ((void)(p))
+#endif
+
+/* g[0:d] = sum_i r[i] x_i over the n rows x_i = X + i d (g is overwritten).
+ * Four rows per pass over g, so g is loaded and stored a quarter as often as
+ * with one rank-1 update per row.  This pass reads X from cache; the
+ * n_ahead rows at `ahead` (the next ones the caller will read) are
+ * prefetched along the way, so that memory keeps streaming meanwhile. */
+#define FASTNN_DEFINE_VECMAT(name, type)                                   \
+    static void name(const type *X, ptrdiff_t d, const type *r, ptrdiff_t n, \
+                     type *g, const type *ahead, ptrdiff_t n_ahead)        \
+    {                                                                      \
+        const char *next = (const char *)ahead;                            \
+        ptrdiff_t next_bytes = n_ahead * d * (ptrdiff_t)sizeof(type);      \
+        ptrdiff_t group_bytes = 4 * d * (ptrdiff_t)sizeof(type);           \
+        memset(g, 0, d * sizeof(type));                                    \
+        ptrdiff_t i = 0;                                                   \
+        for (; i + 4 <= n; i += 4) {                                       \
+            const type *x0 = X + i * d, *x1 = x0 + d, *x2 = x1 + d,        \
+                       *x3 = x2 + d;                                       \
+            type r0 = r[i], r1 = r[i + 1], r2 = r[i + 2], r3 = r[i + 3];   \
+            for (ptrdiff_t b = i / 4 * group_bytes;                        \
+                 b < (i / 4 + 1) * group_bytes && b < next_bytes; b += 64) \
+                FASTNN_PREFETCH(next + b);                                 \
+            _Pragma("omp simd")                                            \
+            for (ptrdiff_t k = 0; k < d; k++)                              \
+                g[k] += (r0 * x0[k] + r1 * x1[k]) + (r2 * x2[k] + r3 * x3[k]); \
+        }                                                                  \
+        for (; i < n; i++) {                                               \
+            const type *x0 = X + i * d;                                    \
+            type r0 = r[i];                                                \
+            _Pragma("omp simd")                                            \
+            for (ptrdiff_t k = 0; k < d; k++)                              \
+                g[k] += r0 * x0[k];                                        \
+        }                                                                  \
+    }
+FASTNN_DEFINE_VECMAT(fastnn_vecmat_f, float)
+FASTNN_DEFINE_VECMAT(fastnn_vecmat_d, double)
+
+/* Logistic loss and residual of n <= 1000 rows from their logits z, float32:
+ * r[i] = w_i (sigmoid(z_i) - t_i), and returns (in double)
+ * sum_i w_i (max(z_i, 0) - t_i z_i + log1p(exp(-|z_i|))); sw NULL: w_i = 1;
+ * e is scratch for n floats.  The exp is fastnn_expf, vectorised over the
+ * rows.  With q = e / (1 + e), sigmoid - t is (1 - t) - q for z >= 0 and
+ * q - t below: no cancellation where sigmoid rounds to 1.  Unweighted, the
+ * log1p terms are summed as the log of the product of the factors 1 + e
+ * (each in (1, 2], so n <= 1000 of them cannot overflow; one log per call
+ * instead of one log1p per row; exact factors for a float e >= 2^-29).  Terms
+ * with e < 2^-20, which the product's rounding (about 2^-53 per factor) would
+ * swamp relative to their size, add e - e^2/2 instead (log1p to 2^-40). */
+static double fastnn_logistic_rows_f(const float *z, const float *t, const float *sw,
+                                     float *r, float *e, ptrdiff_t n)
+{
+    const float TINY = 0x1p-20f;
+#pragma omp simd
+    for (ptrdiff_t i = 0; i < n; i++)
+        e[i] = fastnn_expf(-fabsf(z[i]));
+    double linear = 0, product = 1, tiny_sum = 0;
+#pragma omp simd reduction(+:linear, tiny_sum) reduction(*:product)
+    for (ptrdiff_t i = 0; i < n; i++) {
+        float zi = z[i], ti = t[i], ei = e[i];
+        float q = ei / (1.0f + ei);
+        r[i] = zi >= 0 ? (1.0f - ti) - q : q - ti;
+        linear += (double)(zi > 0 ? zi : 0.0f) - (double)ti * zi;
+        product *= ei >= TINY ? 1.0 + ei : 1.0;
+        tiny_sum += ei < TINY ? (double)ei - 0.5 * (double)ei * ei : 0.0;
+    }
+    if (sw == NULL)
+        return linear + (log(product) + tiny_sum);
+    double total = 0;           /* weighted: one libm log1p per row */
+    for (ptrdiff_t i = 0; i < n; i++) {
+        double lin = (double)(z[i] > 0 ? z[i] : 0.0f) - (double)t[i] * z[i];
+        r[i] *= sw[i];
+        total += (double)sw[i] * (lin + log1p((double)e[i]));
+    }
+    return total;
+}
 
 #endif

@@ -272,11 +272,19 @@ cdef extern from "fastnn_simd.h" nogil:
     double fastnn_exp_shifted_sum_d(const double* z, double* e, Py_ssize_t c, double m)
     float fastnn_max_f(const float* z, Py_ssize_t c)
     double fastnn_max_d(const double* z, Py_ssize_t c)
-    float fastnn_dot_f(const float* x, const float* y, Py_ssize_t n)
-    double fastnn_dot_d(const double* x, const double* y, Py_ssize_t n)
     void fastnn_exp_inplace_f(float* x, Py_ssize_t n)
     void fastnn_exp_inplace_d(double* x, Py_ssize_t n)
     Py_ssize_t fastnn_count_outside(const int64_t* x, Py_ssize_t n, int64_t c)
+    void fastnn_matvec_f(const float* X, Py_ssize_t d, const float* w, double b, Py_ssize_t n,
+                         float* z)
+    void fastnn_matvec_d(const double* X, Py_ssize_t d, const double* w, double b, Py_ssize_t n,
+                         double* z)
+    void fastnn_vecmat_f(const float* X, Py_ssize_t d, const float* r, Py_ssize_t n, float* g,
+                         const float* ahead, Py_ssize_t n_ahead)
+    void fastnn_vecmat_d(const double* X, Py_ssize_t d, const double* r, Py_ssize_t n,
+                         double* g, const double* ahead, Py_ssize_t n_ahead)
+    double fastnn_logistic_rows_f(const float* z, const float* t, const float* sw, float* r,
+                                  float* e, Py_ssize_t n)
 
 
 cdef inline floating _row_max(const floating* z, Py_ssize_t c) noexcept nogil:
@@ -295,13 +303,6 @@ cdef inline floating _exp_shifted(const floating* z, floating* e, Py_ssize_t c,
         return fastnn_exp_shifted_sum_f(z, e, c, m)
     else:
         return fastnn_exp_shifted_sum_d(z, e, c, m)
-
-
-cdef inline floating _dot(const floating* x, const floating* y, Py_ssize_t n) noexcept nogil:
-    if floating is float:
-        return fastnn_dot_f(x, y, n)
-    else:
-        return fastnn_dot_d(x, y, n)
 
 
 cdef inline void _exp_inplace(floating* x, Py_ssize_t n) noexcept nogil:
@@ -852,34 +853,42 @@ def dense_stack_step(list layers, const floating[:, ::1] X, int loss,
 # ---------------------------------------------------------------------------
 cdef double _logistic_chunk(const floating* X, const floating* w, double b, const floating* T,
                             const floating* sw, floating* gw, double* gb, Py_ssize_t start,
-                            Py_ssize_t stop, Py_ssize_t d) noexcept nogil:
+                            Py_ssize_t stop, Py_ssize_t d, Py_ssize_t n_next) noexcept nogil:
     """Rows [start, stop): gw[0:d] = sum_i w_i r_i x_i, gb[0] = sum_i w_i r_i;
     returns sum_i w_i l_i.  Three passes over the chunk, which stays in
-    cache: the logits z_i, then r_i and the loss (one exp and one log1p per
-    row), then the rank-1 updates as a vectorised loop in the data's dtype
-    (one chunk's sum; the chunks are added in double)."""
+    cache: the logits z_i, then r_i and the loss, then gw (one chunk's sum in
+    the data's dtype; the chunks are added in double).  The first and last
+    run four rows at a time (fastnn_matvec/vecmat), the last prefetching the
+    n_next rows that follow; float32's middle pass is vectorised over the
+    rows (fastnn_logistic_rows_f)."""
+    cdef floating z[ROWS_PER_CHUNK]
     cdef floating r[ROWS_PER_CHUNK]
-    cdef double total = 0, z, e, wi, t, r_sum = 0
-    cdef const floating* x
-    cdef floating ri
-    cdef Py_ssize_t i, j
-    for i in range(start, stop):
-        r[i - start] = <floating>(_dot(X + i * d, w, d) + b)
-    for i in range(start, stop):
-        z = r[i - start]
-        t = T[i]
-        wi = sw[i] if sw != NULL else 1
-        e = exp(-fabs(z))                  # shared by the loss and the sigmoid
-        total += wi * ((z if z > 0 else 0) - t * z + log1p(e))
-        ri = <floating>(wi * ((1 if z >= 0 else e) / (1 + e) - t))
-        r[i - start] = ri
-        r_sum += ri
-    memset(gw, 0, d * sizeof(floating))
-    for i in range(start, stop):
-        x = X + i * d
-        ri = r[i - start]
-        for j in range(d):
-            gw[j] += ri * x[j]
+    cdef floating e[ROWS_PER_CHUNK]
+    cdef Py_ssize_t n = stop - start, i
+    cdef double total = 0, r_sum = 0, q, wi, t, zi, ei
+    X += start * d
+    T += start
+    if sw != NULL:
+        sw += start
+    if floating is float:
+        fastnn_matvec_f(X, d, w, b, n, z)
+        total = fastnn_logistic_rows_f(z, T, sw, r, e, n)
+    else:
+        fastnn_matvec_d(X, d, w, b, n, z)
+        for i in range(n):
+            zi = z[i]
+            t = T[i]
+            wi = sw[i] if sw != NULL else 1
+            ei = exp(-fabs(zi))                 # shared by the loss and the sigmoid
+            total += wi * ((zi if zi > 0 else 0) - t * zi + log1p(ei))
+            q = ei / (1 + ei)                   # sigmoid - t without cancellation:
+            r[i] = wi * ((1 - t) - q if zi >= 0 else q - t)
+    for i in range(n):
+        r_sum += r[i]
+    if floating is float:
+        fastnn_vecmat_f(X, d, r, n, gw, X + n * d, n_next)
+    else:
+        fastnn_vecmat_d(X, d, r, n, gw, X + n * d, n_next)
     gb[0] = r_sum
     return total
 
@@ -905,7 +914,8 @@ def logistic_loss_grad(const floating[:, ::1] X, const floating[::1] w, double b
                          use_threads_if=n * d >= MIN_PARALLEL_WORK):
             partial[2 * ch + 1] = _logistic_chunk(
                 &X[0, 0], &w[0], b, &t[0], wp, chunk_gw + ch * d, partial + 2 * ch,
-                ch * ROWS_PER_CHUNK, _chunk_stop(ch, n), d)
+                ch * ROWS_PER_CHUNK, _chunk_stop(ch, n), d,
+                _chunk_stop(ch + 1, n) - _chunk_stop(ch, n))
         # chunk by chunk (in order, as every reduction here), each a contiguous row
         memset(gw_sum, 0, d * sizeof(double))
         for ch in range(n_chunks):

@@ -672,6 +672,36 @@ def test_logistic_equals_bce_of_linear_model(rng, impl):
     assert grad_b == pytest.approx(grad_z.sum(), rel=1e-12, abs=1e-15)
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("margins", ((0, 13), (13, 30), (30, 100)))
+@pytest.mark.parametrize("correct", (True, False))
+@pytest.mark.parametrize("weighted", (False, True))
+def test_logistic_large_margins_keep_relative_accuracy(rng, dtype, margins, correct, weighted):
+    # z = x exactly (one feature, w = 1, b = 0), |z| over the given range and
+    # labels all right (loss and residual ~ exp(-|z|), down to 1e-44, where
+    # sigmoid rounds to 0 or 1) or all wrong (loss ~ |z|, residual ~ 1):
+    # loss and gradient must keep their relative accuracy, not just an
+    # absolute one.  Exact values from the float64 formulas.
+    n = 301
+    z = np.linspace(*margins, n) * np.where(np.arange(n) % 2, 1, -1)
+    X = z.astype(dtype)[:, None]
+    z = X[:, 0].astype(np.float64)
+    t = ((z > 0) == correct).astype(dtype)
+    sw = weights_or_none(rng, n, weighted)
+    s = np.ones(n) if sw is None else sw
+    e = np.exp(-np.abs(z))
+    loss = np.maximum(z, 0) - t * z + np.log1p(e)
+    q = e / (1 + e)                     # sigmoid(-|z|)
+    r = np.where(z >= 0, (1 - t) - q, q - t)
+    got_loss, got_w, got_b = functional.logistic_loss_grad(X, np.ones(1, dtype), 0.0, t,
+                                                           sample_weight=sw)
+    rtol = 1e-5 if dtype == np.float32 else 1e-12
+    np.testing.assert_allclose(got_loss, s @ loss / s.sum(), rtol=rtol, atol=0)
+    # the gradients are signed sums: relative to the sums of magnitudes
+    assert abs(got_b - s @ r / s.sum()) <= rtol * (s @ np.abs(r) / s.sum())
+    assert abs(got_w[0] - (s * r) @ z / s.sum()) <= rtol * (s @ np.abs(r * z) / s.sum())
+
+
 # ---------------------------------------------------------------------------
 # optimiser updates
 # ---------------------------------------------------------------------------
