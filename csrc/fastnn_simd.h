@@ -262,4 +262,124 @@ static double fastnn_logistic_rows_f(const float *z, const float *t, const float
     return total;
 }
 
+/* Fused softmax cross-entropy of n <= 1024 rows of c < FASTNN_XENT_SMALL
+ * classes with class-index targets, float32: G = scale w (softmax(z) - y),
+ * y = (1 - smoothing) onehot(label) + smoothing / c; L[i] = w_i l_i unless
+ * L is NULL; returns sum_i w_i l_i in double.  sw NULL: w_i = 1.
+ *
+ * A row of a dozen classes is too short for a vector loop of its own (each
+ * max and sum is a horizontal reduction, about 30 ns a row), so rows go
+ * eight at a time: a block is transposed into a c x 8 buffer in which every
+ * step (max, exp, sum, scaling, the target) is one vector operation across
+ * the eight rows, then transposed back.  Lanes past the last row compute
+ * on zero rows and are dropped.  The row sums are added in class order and,
+ * unweighted without L, sum_i log s_i is taken as the logs of one product per
+ * lane (at most 128 factors <= c each, so no overflow in double). */
+enum { FASTNN_XENT_SMALL = 32, FASTNN_XENT_LANES = 8 };
+
+static double fastnn_xent_labels_small_f(const float *Z, const int64_t *labels,
+                                         const float *sw, float *G, float *L, ptrdiff_t n,
+                                         ptrdiff_t c, double scale, double smoothing)
+{
+    enum { B = FASTNN_XENT_LANES };
+    float zt[FASTNN_XENT_SMALL * B], et[FASTNN_XENT_SMALL * B], pad[FASTNN_XENT_SMALL * B];
+    float m[B], s[B], ws[B], hit[B], off[B], inv[B];
+    int32_t lab[B];
+    double y_dot_z[B], product[B];
+    const float smooth_c = (float)(smoothing / c);
+    const int products = sw == NULL && L == NULL;
+    double total = 0;
+    for (int j = 0; j < B; j++)
+        product[j] = 1;
+    for (ptrdiff_t i0 = 0; i0 < n; i0 += B) {
+        ptrdiff_t rows = n - i0 < B ? n - i0 : B;
+        const float *block = Z + i0 * c;
+        if (rows < B) {                 /* the last rows, padded with zero rows */
+            memset(pad, 0, sizeof pad);
+            memcpy(pad, block, rows * c * sizeof(float));
+            block = pad;
+        }
+        for (int j = 0; j < B; j++) {
+            int live = j < rows;
+            double w = live ? (sw != NULL ? sw[i0 + j] : 1.0) : 0.0;
+            lab[j] = live ? (int32_t)labels[i0 + j] : 0;
+            ws[j] = (float)(w * scale);
+            hit[j] = (float)(w * scale * (1 - smoothing));
+            off[j] = ws[j] * smooth_c;
+        }
+        /* column k of the block built in registers (strided loads), not by
+         * scalar stores that a vector load would then wait on */
+        for (ptrdiff_t k = 0; k < c; k++) {
+#pragma omp simd
+            for (int j = 0; j < B; j++)
+                zt[k * B + j] = block[j * c + k];
+        }
+        for (int j = 0; j < B; j++)
+            m[j] = zt[j];
+        for (ptrdiff_t k = 1; k < c; k++) {
+#pragma omp simd
+            for (int j = 0; j < B; j++)
+                m[j] = zt[k * B + j] > m[j] ? zt[k * B + j] : m[j];
+        }
+        for (int j = 0; j < B; j++)
+            s[j] = 0;
+        for (ptrdiff_t k = 0; k < c; k++) {
+#pragma omp simd
+            for (int j = 0; j < B; j++) {
+                float e = fastnn_expf(zt[k * B + j] - m[j]);
+                et[k * B + j] = e;
+                s[j] += e;
+            }
+        }
+        /* sum_k y_k (z_k - m) in double, as in the row-at-a-time path */
+        for (int j = 0; j < B; j++)
+            y_dot_z[j] = (1 - smoothing) * ((double)zt[lab[j] * B + j] - m[j]);
+        if (smoothing != 0) {
+            double z_sum[B] = {0};
+            for (ptrdiff_t k = 0; k < c; k++)
+                for (int j = 0; j < B; j++)
+                    z_sum[j] += (double)zt[k * B + j] - m[j];
+            for (int j = 0; j < B; j++)
+                y_dot_z[j] += smoothing / c * z_sum[j];
+        }
+#pragma omp simd
+        for (int j = 0; j < B; j++)
+            inv[j] = ws[j] / s[j];
+        for (ptrdiff_t k = 0; k < c; k++) {
+#pragma omp simd
+            for (int j = 0; j < B; j++)
+                et[k * B + j] = et[k * B + j] * inv[j] - off[j] - (k == lab[j] ? hit[j] : 0.0f);
+        }
+        if (rows == B) {
+            for (ptrdiff_t k = 0; k < c; k++) {
+#pragma omp simd
+                for (int j = 0; j < B; j++)
+                    G[(i0 + j) * c + k] = et[k * B + j];
+            }
+        } else {
+            for (ptrdiff_t j = 0; j < rows; j++)
+                for (ptrdiff_t k = 0; k < c; k++)
+                    G[(i0 + j) * c + k] = et[k * B + j];
+        }
+        if (products) {
+            for (ptrdiff_t j = 0; j < rows; j++) {
+                product[j] *= s[j];
+                total -= y_dot_z[j];
+            }
+            continue;
+        }
+        for (ptrdiff_t j = 0; j < rows; j++) {
+            double w = sw != NULL ? sw[i0 + j] : 1.0;
+            double loss = log((double)s[j]) - y_dot_z[j];
+            if (L != NULL)
+                L[i0 + j] = (float)(w * loss);
+            total += w * loss;
+        }
+    }
+    if (products)
+        for (int j = 0; j < B; j++)
+            total += log(product[j]);
+    return total;
+}
+
 #endif

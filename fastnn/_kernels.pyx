@@ -283,6 +283,10 @@ cdef extern from "fastnn_simd.h" nogil:
                          const float* ahead, Py_ssize_t n_ahead)
     void fastnn_vecmat_d(const double* X, Py_ssize_t d, const double* r, Py_ssize_t n,
                          double* g, const double* ahead, Py_ssize_t n_ahead)
+    enum: FASTNN_XENT_SMALL
+    double fastnn_xent_labels_small_f(const float* Z, const int64_t* labels, const float* sw,
+                                      float* G, float* L, Py_ssize_t n, Py_ssize_t c,
+                                      double scale, double smoothing)
     double fastnn_logistic_rows_f(const float* z, const float* t, const float* sw, float* r,
                                   float* e, Py_ssize_t n)
 
@@ -388,6 +392,8 @@ cdef double _xent_chunk(const floating* Z, const int64_t* labels, const floating
     smoothed target row is (1 - smoothing) y + smoothing / C.  The exp of
     the shifted rows goes to the gradient rows (_exp_rows), then one pass per
     row scales them and subtracts the target, accumulating sum_k y_k (z_k - m).
+    float32 rows of a few classes with class indices go eight rows at a time
+    (fastnn_xent_labels_small_f).
     """
     cdef double total = 0, loss, y_dot_z, y_sum, z_sum
     cdef const floating* z
@@ -401,6 +407,12 @@ cdef double _xent_chunk(const floating* Z, const int64_t* labels, const floating
     cdef double s_product = 1
     cdef int exponent
     cdef Py_ssize_t s_exponent = 0
+    if floating is float:
+        if T == NULL and c < FASTNN_XENT_SMALL:
+            return fastnn_xent_labels_small_f(Z + start * c, labels + start,
+                                              sw + start if sw != NULL else NULL,
+                                              G + start * c, L + start if L != NULL else NULL,
+                                              stop - start, c, scale, smoothing)
     _exp_rows(Z, G, row_max, row_sum, start, stop, c)
     for i in range(start, stop):
         z = Z + i * c

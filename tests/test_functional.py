@@ -274,8 +274,14 @@ XENT_OPTIONS = [  # (weighted, label_smoothing)
 ]
 
 
+# and the edges of the float32 few-classes path (eight rows at a time, C < 32):
+# several chunks with a partial last block, the widest such rows, the first
+# row-at-a-time width
+XENT_SHAPES = (*SHAPES_2D, (1003, 10), (77, 31), (40, 32))
+
+
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("shape", SHAPES_2D)
+@pytest.mark.parametrize("shape", XENT_SHAPES)
 @pytest.mark.parametrize("reduction", REDUCTIONS)
 @pytest.mark.parametrize("weighted, smoothing", XENT_OPTIONS)
 @pytest.mark.parametrize("target_kind", ("index", "prob"))
@@ -290,6 +296,26 @@ def test_softmax_cross_entropy_matches_reference(rng, dtype, shape, reduction, w
     got = functional.softmax_cross_entropy(z, t, out=out, **kwargs)
     assert got[1] is out
     assert_result_close(got, reference.softmax_cross_entropy(z, t, **kwargs), dtype)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("c", (4, 10, 40))
+def test_cross_entropy_nan_row_policy(impl, dtype, c):
+    # the softmax policy: a row with NaN or +inf, or all -inf, has a NaN loss
+    # and gradient row; the other rows (same block of eight) are untouched
+    z = np.tile(np.linspace(-2, 2, c), (11, 1)).astype(dtype)
+    z[1, c // 2] = np.nan
+    z[4, 0] = np.inf
+    z[9] = -np.inf
+    bad = [1, 4, 9]
+    y = np.arange(11) % c
+    losses, grad = impl.softmax_cross_entropy(z, y, reduction="none")
+    assert np.isnan(losses[bad]).all() and np.isnan(grad[bad]).all()
+    good = np.delete(np.arange(11), bad)
+    expected = reference.softmax_cross_entropy(z[good], y[good], reduction="none")
+    assert_close(losses[good], expected[0], dtype)
+    assert_close(grad[good], expected[1], dtype)
+    assert np.isnan(impl.softmax_cross_entropy(z, y)[0])
 
 
 @pytest.mark.parametrize("index_dtype", INDEX_DTYPES)
