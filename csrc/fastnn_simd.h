@@ -20,6 +20,19 @@
 #include <stdint.h>
 #include <string.h>
 
+#if defined(__GNUC__)
+#define FASTNN_PREFETCH(p) __builtin_prefetch((p), 0, 3)
+#else
+#define FASTNN_PREFETCH(p) ((void)(p))
+#endif
+
+/* A hint to bring the `bytes` bytes at p into cache; never faults. */
+static inline void fastnn_prefetch(const void *p, ptrdiff_t bytes)
+{
+    for (ptrdiff_t b = 0; b < bytes; b += 64)
+        FASTNN_PREFETCH((const char *)p + b);
+}
+
 /* The instruction set these loops were compiled for. */
 static const char *fastnn_simd_variant(void)
 {
@@ -180,12 +193,6 @@ FASTNN_DEFINE_MAX(fastnn_max_d, double)
     }
 FASTNN_DEFINE_MATVEC(fastnn_matvec_f, float)
 FASTNN_DEFINE_MATVEC(fastnn_matvec_d, double)
-
-#if defined(__GNUC__)
-#define FASTNN_PREFETCH(p) __builtin_prefetch((p), 0, 3)
-#else
-#define FASTNN_PREFETCH(p) ((void)(p))
-#endif
 
 /* g[0:d] = sum_i r[i] x_i over the n rows x_i = X + i d (g is overwritten).
  * Four rows per pass over g, so g is loaded and stored a quarter as often as

@@ -268,6 +268,7 @@ def activation_backward(const floating[::1] o, const floating[::1] g, floating[:
 # ---------------------------------------------------------------------------
 cdef extern from "fastnn_simd.h" nogil:
     const char* fastnn_simd_variant()
+    void fastnn_prefetch(const void* p, Py_ssize_t n_bytes)
     float fastnn_exp_shifted_sum_f(const float* z, float* e, Py_ssize_t c, float m)
     double fastnn_exp_shifted_sum_d(const double* z, double* e, Py_ssize_t c, double m)
     float fastnn_max_f(const float* z, Py_ssize_t c)
@@ -329,6 +330,10 @@ cdef void _exp_rows(const floating* Z, floating* E, floating* M, floating* S, Py
         z = Z + i * c
         m = M[i - start] = _row_max(z, c)
         if c >= ROW_LOOP_CLASSES:
+            # the next row while this one computes: the hardware prefetcher
+            # stops at page boundaries, which long rows keep crossing
+            if i + 1 < stop:
+                fastnn_prefetch(z + c, c * sizeof(floating))
             S[i - start] = _exp_shifted(z, E + i * c, c, m)
         else:
             e = E + i * c
