@@ -969,48 +969,111 @@ cdef enum:
     UPDATE_BLOCK = 16384
 
 
-def sgd_step(floating[::1] p, const floating[::1] g, floating[::1] velocity, double lr,
-             double momentum, bint nesterov, double l2, double l1):
-    """One SGD update in place (csrc/fastnn_update.h), blocks across the team."""
-    cdef Py_ssize_t n = p.shape[0], n_blocks = _cdiv(n, UPDATE_BLOCK), blk, lo
-    cdef floating* pp = &p[0]
-    cdef const floating* gp = &g[0]
-    cdef floating* vp = &velocity[0] if velocity is not None else NULL
+cdef struct UpdateBlock:
+    # up to UPDATE_BLOCK consecutive elements of one parameter and its state
+    void* p
+    const void* g
+    void* s1            # SGD: velocity (NULL: no momentum); Adam: m
+    void* s2            # Adam: v
+    Py_ssize_t n
+    bint regularize     # whether l2 and l1 apply to this parameter
+
+
+cdef UpdateBlock* _update_blocks(list views, list regularize, floating* dtype_tag,
+                                 Py_ssize_t* n_blocks) except NULL:
+    """Every parameter's update cut into blocks: ``views`` holds (p, g, s1[,
+    s2]) flat arrays of one dtype per parameter (s1 may be None).  The caller
+    frees the array; its pointers live as long as the arrays in ``views``."""
+    cdef Py_ssize_t count = 0, i, lo, n
+    cdef floating[::1] p, s1, s2
+    cdef const floating[::1] g
+    for entry in views:
+        count += _cdiv(len(entry[0]), UPDATE_BLOCK)
+    cdef UpdateBlock* blocks = <UpdateBlock*> malloc((count + 1) * sizeof(UpdateBlock))
+    if blocks == NULL:
+        raise MemoryError()
+    count = 0
+    try:
+        for i in range(len(views)):
+            entry = views[i]
+            p, g, s1 = entry[0], entry[1], entry[2]
+            s2 = entry[3] if len(entry) > 3 else None
+            n = p.shape[0]
+            if g.shape[0] != n or (s1 is not None and s1.shape[0] != n) or \
+                    (s2 is not None and s2.shape[0] != n):
+                raise ValueError(f"parameter {i}: the arrays' sizes differ")
+            for lo in range(0, n, UPDATE_BLOCK):
+                blocks[count].p = &p[lo]
+                blocks[count].g = &g[lo]
+                blocks[count].s1 = &s1[lo] if s1 is not None else NULL
+                blocks[count].s2 = &s2[lo] if s2 is not None else NULL
+                blocks[count].n = min(UPDATE_BLOCK, n - lo)
+                blocks[count].regularize = regularize[i]
+                count += 1
+    except BaseException:
+        free(blocks)
+        raise
+    n_blocks[0] = count
+    return blocks
+
+
+def sgd_step(list views, list regularize, double lr, double momentum, bint nesterov,
+             double l2, double l1):
+    """One SGD update, in place, of each parameter (p, g, velocity or None) in
+    ``views``, flat arrays of one dtype; l2 and l1 apply where regularize[i].
+    All parameters' blocks are spread over the team in one parallel region
+    (csrc/fastnn_update.h)."""
+    cdef Py_ssize_t n_blocks, blk, total = 0
+    cdef UpdateBlock* blocks
+    cdef UpdateBlock* b
+    cdef bint single = views[0][0].dtype.itemsize == 4
+    blocks = (_update_blocks(views, regularize, <float*>NULL, &n_blocks) if single
+              else _update_blocks(views, regularize, <double*>NULL, &n_blocks))
+    for blk in range(n_blocks):
+        total += blocks[blk].n
     for blk in prange(n_blocks, nogil=True, schedule="static", num_threads=_n_threads,
-                      use_threads_if=n >= MIN_PARALLEL_WORK):
-        lo = blk * UPDATE_BLOCK
-        if floating is float:
-            fastnn_sgd_f(pp + lo, gp + lo, vp + lo if vp != NULL else NULL,
-                         min(UPDATE_BLOCK, n - lo), <float>lr, <float>momentum, nesterov,
-                         <float>l2, <float>l1)
+                      use_threads_if=total >= MIN_PARALLEL_WORK):
+        b = &blocks[blk]
+        if single:
+            fastnn_sgd_f(<float*>b.p, <const float*>b.g, <float*>b.s1, b.n, <float>lr,
+                         <float>momentum, nesterov, <float>l2 if b.regularize else 0,
+                         <float>l1 if b.regularize else 0)
         else:
-            fastnn_sgd_d(pp + lo, gp + lo, vp + lo if vp != NULL else NULL,
-                         min(UPDATE_BLOCK, n - lo), lr, momentum, nesterov, l2, l1)
+            fastnn_sgd_d(<double*>b.p, <const double*>b.g, <double*>b.s1, b.n, lr, momentum,
+                         nesterov, l2 if b.regularize else 0, l1 if b.regularize else 0)
+    free(blocks)
 
 
-def adam_step(floating[::1] p, const floating[::1] g, floating[::1] m, floating[::1] v,
-              double lr_t, double beta1, double beta2, double eps, double l2, double l1,
-              double decay):
-    """``lr_t`` is the bias-corrected step size; ``decay`` = lr * weight_decay
-    (decoupled, AdamW) applied before the gradient step."""
-    cdef Py_ssize_t n = p.shape[0], n_blocks = _cdiv(n, UPDATE_BLOCK), blk, lo
-    cdef floating* pp = &p[0]
-    cdef const floating* gp = &g[0]
-    cdef floating* mp = &m[0]
-    cdef floating* vp = &v[0]
+def adam_step(list views, list regularize, double lr_t, double beta1, double beta2,
+              double eps, double l2, double l1, double decay):
+    """One Adam update, in place, of each parameter (p, g, m, v) in ``views``,
+    as sgd_step.  ``lr_t`` is the bias-corrected step size; ``decay`` = lr *
+    weight_decay (decoupled, AdamW), applied before the gradient step; l2,
+    l1 and decay apply where regularize[i]."""
+    cdef Py_ssize_t n_blocks, blk, total = 0
+    cdef UpdateBlock* blocks
+    cdef UpdateBlock* b
+    cdef bint single = views[0][0].dtype.itemsize == 4
     # 1 - beta in double, then rounded: 1 - <float>0.999 is off by 1.3e-5 relative.
-    cdef floating c1 = <floating>(1 - beta1), c2 = <floating>(1 - beta2)
-    cdef floating keep = <floating>(1 - decay)
+    cdef double c1 = 1 - beta1, c2 = 1 - beta2, keep = 1 - decay
+    blocks = (_update_blocks(views, regularize, <float*>NULL, &n_blocks) if single
+              else _update_blocks(views, regularize, <double*>NULL, &n_blocks))
+    for blk in range(n_blocks):
+        total += blocks[blk].n
     for blk in prange(n_blocks, nogil=True, schedule="static", num_threads=_n_threads,
-                      use_threads_if=n >= MIN_PARALLEL_WORK):
-        lo = blk * UPDATE_BLOCK
-        if floating is float:
-            fastnn_adam_f(pp + lo, gp + lo, mp + lo, vp + lo, min(UPDATE_BLOCK, n - lo),
-                          <float>lr_t, <float>beta1, <float>beta2, c1, c2, <float>eps,
-                          <float>l2, <float>l1, keep)
+                      use_threads_if=total >= MIN_PARALLEL_WORK):
+        b = &blocks[blk]
+        if single:
+            fastnn_adam_f(<float*>b.p, <const float*>b.g, <float*>b.s1, <float*>b.s2, b.n,
+                          <float>lr_t, <float>beta1, <float>beta2, <float>c1, <float>c2,
+                          <float>eps, <float>l2 if b.regularize else 0,
+                          <float>l1 if b.regularize else 0,
+                          <float>keep if b.regularize else 1)
         else:
-            fastnn_adam_d(pp + lo, gp + lo, mp + lo, vp + lo, min(UPDATE_BLOCK, n - lo),
-                          lr_t, beta1, beta2, c1, c2, eps, l2, l1, keep)
+            fastnn_adam_d(<double*>b.p, <const double*>b.g, <double*>b.s1, <double*>b.s2, b.n,
+                          lr_t, beta1, beta2, c1, c2, eps, l2 if b.regularize else 0,
+                          l1 if b.regularize else 0, keep if b.regularize else 1)
+    free(blocks)
 
 
 def simd_variant():

@@ -402,31 +402,35 @@ def sgd_step(param, grad, velocity=None, *, lr, momentum=0.0, nesterov=False, l2
     """One fused SGD update of ``param`` in place (scikit-learn's convention)."""
     p, g = _param_and_grad(param, grad)
     v = _state(velocity, "velocity", param) if velocity is not None else None
-    _sgd_update(p, g, v, lr, momentum, nesterov, l2, l1)
+    _sgd_update([(p, g, v)], [True], lr, momentum, nesterov, l2, l1)
     return param
 
 
-def _sgd_update(p, g, v, lr, momentum, nesterov, l2, l1):
-    """sgd_step on flat views already checked by _param_and_grad and _state
-    (fastnn.optim keeps those across steps)."""
+def _sgd_update(views, regularize, lr, momentum, nesterov, l2, l1):
+    """sgd_step of several parameters in one kernel call, on flat views
+    already checked by _param_and_grad and _state (fastnn.optim keeps those
+    across steps): ``views`` holds (p, g, velocity or None) per parameter,
+    ``regularize`` whether l2 and l1 apply to it."""
     lr, momentum = check_real(lr, "lr"), check_real(momentum, "momentum", 0.0, 1.0)
     l2, l1 = check_real(l2, "l2"), check_real(l1, "l1")
-    if v is None and momentum != 0:
+    if momentum != 0 and any(v is None for _, _, v in views):
         raise ValueError("velocity is required when momentum > 0")
-    _kernels.sgd_step(p, g, v, lr, momentum, bool(nesterov), l2, l1)
+    for group, flags in _by_dtype(views, regularize):
+        _kernels.sgd_step(group, flags, lr, momentum, bool(nesterov), l2, l1)
 
 
 def adam_step(param, grad, m, v, *, lr, step, beta1=0.9, beta2=0.999, eps=1e-8, l2=0.0, l1=0.0,
               weight_decay=0.0):
     """One fused Adam/AdamW update of ``param``, ``m`` and ``v`` in place."""
     p, g = _param_and_grad(param, grad)
-    _adam_update(p, g, _state(m, "m", param), _state(v, "v", param), lr, step, beta1, beta2,
-                 eps, l2, l1, weight_decay)
+    _adam_update([(p, g, _state(m, "m", param), _state(v, "v", param))], [True], lr, step,
+                 beta1, beta2, eps, l2, l1, weight_decay)
     return param
 
 
-def _adam_update(p, g, m, v, lr, step, beta1, beta2, eps, l2, l1, weight_decay):
-    """adam_step on flat views already checked by _param_and_grad and _state."""
+def _adam_update(views, regularize, lr, step, beta1, beta2, eps, l2, l1, weight_decay):
+    """adam_step of several parameters in one kernel call, as _sgd_update:
+    ``views`` holds (p, g, m, v) per parameter."""
     lr = check_real(lr, "lr")
     beta1 = check_real(beta1, "beta1", 0.0, 1.0, high_open=True)
     beta2 = check_real(beta2, "beta2", 0.0, 1.0, high_open=True)
@@ -436,4 +440,19 @@ def _adam_update(p, g, m, v, lr, step, beta1, beta2, eps, l2, l1, weight_decay):
         raise ValueError(f"step must be an integer >= 1 (updates so far, this one included), "
                          f"got {step!r}")
     lr_t = lr * math.sqrt(1 - beta2 ** step) / (1 - beta1 ** step)
-    _kernels.adam_step(p, g, m, v, lr_t, beta1, beta2, eps, l2, l1, lr * weight_decay)
+    for group, flags in _by_dtype(views, regularize):
+        _kernels.adam_step(group, flags, lr_t, beta1, beta2, eps, l2, l1, lr * weight_decay)
+
+
+def _by_dtype(views, regularize):
+    """The update kernels take parameters of one dtype per call: (views,
+    flags) pairs, one per dtype (usually just the one)."""
+    dtype = views[0][0].dtype if views else None
+    if all(entry[0].dtype == dtype for entry in views):
+        return [(views, regularize)] if views else []
+    groups = {}
+    for entry, flag in zip(views, regularize):
+        group = groups.setdefault(entry[0].dtype, ([], []))
+        group[0].append(entry)
+        group[1].append(flag)
+    return list(groups.values())

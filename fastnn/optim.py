@@ -195,11 +195,9 @@ class SGD(Optimizer):
         if self.momentum > 0 and self.velocities is None:  # momentum switched on later
             self._allocate()
         velocities = self.velocities or [None] * len(self.params)
-        lr, momentum, nesterov = self.lr, self.momentum, self.nesterov
-        for param, (p, g, v) in zip(self.params, self._checked_views(("velocity", velocities))):
-            reg = param.regularize
-            F._sgd_update(p, g, v, lr, momentum, nesterov,
-                          self.weight_decay if reg else 0.0, self.l1 if reg else 0.0)
+        F._sgd_update(self._checked_views(("velocity", velocities)),
+                      [param.regularize for param in self.params], self.lr, self.momentum,
+                      self.nesterov, self.weight_decay, self.l1)
         self.steps += 1
 
 
@@ -234,11 +232,10 @@ class Adam(Optimizer):
     def step(self):
         self.steps += 1
         decay = self.weight_decay
-        for param, (p, g, m, v) in zip(self.params, self._checked_views(("m", self.m), ("v", self.v))):
-            reg = param.regularize
-            F._adam_update(p, g, m, v, self.lr, self.steps, self.beta1, self.beta2, self.eps,
-                           decay if reg and not self._decoupled else 0.0,
-                           self.l1 if reg else 0.0, decay if reg and self._decoupled else 0.0)
+        F._adam_update(self._checked_views(("m", self.m), ("v", self.v)),
+                       [param.regularize for param in self.params], self.lr, self.steps,
+                       self.beta1, self.beta2, self.eps, 0.0 if self._decoupled else decay,
+                       self.l1, decay if self._decoupled else 0.0)
 
 
 class AdamW(Adam):

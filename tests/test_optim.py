@@ -62,10 +62,17 @@ class NumpyAdam:
         self.theta = _clip(theta - lr_t * self.m / (np.sqrt(self.v) + self.eps), theta, self.l1)
 
 
+# "mixed": parameters of both dtypes in one optimiser (one kernel call per dtype)
+DTYPES = [np.float32, np.float64, "mixed"]
+
+
 def _params(rng, dtype):
-    weight = Parameter(rng.normal(size=(6, 4)).astype(dtype), "weight", regularize=True)
-    bias = Parameter(rng.normal(size=4).astype(dtype), "bias", regularize=False)
-    return [weight, bias]
+    """A weight, a bias, and a weight of more than one update block (16384)."""
+    first, second = (np.float32, np.float64) if dtype == "mixed" else (dtype, dtype)
+    weight = Parameter(rng.normal(size=(6, 4)).astype(first), "weight", regularize=True)
+    bias = Parameter(rng.normal(size=4).astype(second), "bias", regularize=False)
+    big = Parameter(rng.normal(size=(130, 131)).astype(second), "big", regularize=True)
+    return [weight, bias, big]
 
 
 def _grads(rng, params):
@@ -88,7 +95,7 @@ def _numpy_sgd(theta, regularize, lr, momentum=0.0, nesterov=False, weight_decay
                     l1 if regularize else 0.0)
 
 
-@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("config", sorted(SGD_CONFIGS))
 def test_sgd_matches_the_formulas_and_the_reference(config, dtype, rng):
     kw = SGD_CONFIGS[config]
@@ -109,10 +116,10 @@ def test_sgd_matches_the_formulas_and_the_reference(config, dtype, rng):
         opt.step()
         assert opt.steps == step
         for p, e, r in zip(params, expected, ref):
-            assert p.data.dtype == dtype
+            assert p.data.dtype == r.dtype
             where = f"{p.name} step {step}"
-            np.testing.assert_allclose(p.data, e.theta, **TOL[dtype], err_msg=where)
-            np.testing.assert_allclose(p.data, r, **TOL[dtype], err_msg=where)
+            np.testing.assert_allclose(p.data, e.theta, **TOL[p.dtype.type], err_msg=where)
+            np.testing.assert_allclose(p.data, r, **TOL[p.dtype.type], err_msg=where)
 
 
 ADAM_CONFIGS = {
@@ -135,7 +142,7 @@ def _numpy_adam(cls, theta, regularize, lr, betas=(0.9, 0.999), eps=1e-8, weight
                      l1=l1 if regularize else 0.0, decay=wd if decoupled else 0.0)
 
 
-@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("config", sorted(ADAM_CONFIGS))
 def test_adam_matches_the_formulas_and_the_reference(config, dtype, rng):
     cls, kw = ADAM_CONFIGS[config]
@@ -158,8 +165,8 @@ def test_adam_matches_the_formulas_and_the_reference(config, dtype, rng):
         assert opt.steps == step
         for p, e, (r, _, _) in zip(params, expected, ref):
             where = f"{p.name} step {step}"
-            np.testing.assert_allclose(p.data, e.theta, **TOL[dtype], err_msg=where)
-            np.testing.assert_allclose(p.data, r, **TOL[dtype], err_msg=where)
+            np.testing.assert_allclose(p.data, e.theta, **TOL[p.dtype.type], err_msg=where)
+            np.testing.assert_allclose(p.data, r, **TOL[p.dtype.type], err_msg=where)
 
 
 def _zero_grad_step(opt, params):
