@@ -898,8 +898,8 @@ cdef double _logistic_chunk(const floating* X, const floating* w, double b, cons
             wi = sw[i] if sw != NULL else 1
             ei = exp(-fabs(zi))                 # shared by the loss and the sigmoid
             total += wi * ((zi if zi > 0 else 0) - t * zi + log1p(ei))
-            q = ei / (1 + ei)                   # sigmoid - t without cancellation:
-            r[i] = wi * ((1 - t) - q if zi >= 0 else q - t)
+            q = ei / (1 + ei)                   # sigmoid(-|z|): sigmoid - t below
+            r[i] = wi * ((1 - t) - q if zi >= 0 else q - t)   # without cancellation
     for i in range(n):
         r_sum += r[i]
     if floating is float:
