@@ -158,9 +158,10 @@ static ptrdiff_t fastnn_count_outside(const int64_t *x, ptrdiff_t n, int64_t c)
 FASTNN_DEFINE_MAX(fastnn_max_f, float)
 FASTNN_DEFINE_MAX(fastnn_max_d, double)
 
-/* z[i] = x_i . w + b for the n rows x_i = X + i d (b added in double).  Four rows at a time:
- * one row's sum is a chain of dependent adds, four independent sums keep the
- * FMA units busy, and each load of w serves four rows. */
+/* z[i] = x_i . w + b for the n rows x_i = X + i d (b added in double).
+ * Four rows at a time: one row's sum is a chain of dependent adds, four
+ * independent sums keep the FMA units busy, and each load of w serves four
+ * rows. */
 #define FASTNN_DEFINE_MATVEC(name, type)                                   \
     static void name(const type *X, ptrdiff_t d, const type *w, double b,  \
                      ptrdiff_t n, type *z)                                 \

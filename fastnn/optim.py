@@ -112,8 +112,9 @@ class Optimizer:
 
     def _checked_views(self, *states):
         """Per parameter, (data, grad, *state) as the checked flat views the
-        update kernels take (F._param_and_grad, F._state).  ``states``:
-        (name, per-parameter arrays) pairs; an array may be None.  Checked once and reused while every array stays the same
+        update kernels take (F._param_and_grad, F._state); a list, as they
+        take it.  ``states``: (name, per-parameter arrays) pairs; an array may
+        be None.  Checked once and reused while every array stays the same
         object, C-contiguous in the parameter's dtype (no converted copy) and
         writeable -- an update then spends no Python time on its arrays."""
         names = [name for name, _ in states]
