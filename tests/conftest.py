@@ -9,6 +9,7 @@ Tolerances (see ``assert_close`` and ``assert_close_accumulated``):
   summation order (BLAS blocking, chunked reductions), tight enough to catch
   any wrong term.
 """
+import threading
 import zlib
 
 import numpy as np
@@ -170,3 +171,29 @@ def assert_gradient_matches(analytic, f, x, h=FD_STEP, rtol=FD_RTOL):
         f"gradient check failed at {np.argwhere(bad)[:5].tolist()}: "
         f"analytic {analytic[bad][:5]}, numeric {numeric[bad][:5]}"
     )
+
+
+def run_in_threads(n, target, on_error=None):
+    """Run ``target(i)`` in ``n`` threads started together; returns the results
+    in order, re-raising the first exception.  ``on_error()`` runs in a thread
+    that failed (e.g. to release the others from a barrier)."""
+    start = threading.Barrier(n)
+    results, errors = [None] * n, []
+
+    def worker(i):
+        try:
+            start.wait()
+            results[i] = target(i)
+        except BaseException as exc:  # noqa: B036 - reported in the main thread
+            errors.append(exc)
+            if on_error is not None:
+                on_error()
+
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    if errors:
+        raise errors[0]
+    return results

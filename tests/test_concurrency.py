@@ -9,7 +9,7 @@ import pytest
 
 import fastnn
 from fastnn import functional as F, nn, optim
-from conftest import randn
+from conftest import randn, run_in_threads
 
 N_PYTHON_THREADS = 8
 
@@ -21,29 +21,6 @@ def _bytes(result):
     if isinstance(result, (tuple, list)):
         return [b for item in result for b in _bytes(item)]
     return [np.asarray(result).tobytes()]
-
-
-def run_in_threads(n, target):
-    """Run ``target(i)`` in ``n`` threads started together; returns the results
-    (re-raising the first exception)."""
-    barrier = threading.Barrier(n)
-    results, errors = [None] * n, []
-
-    def worker(i):
-        try:
-            barrier.wait()
-            results[i] = target(i)
-        except BaseException as exc:  # noqa: B036 - reported in the main thread
-            errors.append(exc)
-
-    threads = [threading.Thread(target=worker, args=(i,)) for i in range(n)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    if errors:
-        raise errors[0]
-    return results
 
 
 def _kernel_calls(rng, dtype):

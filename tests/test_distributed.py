@@ -29,6 +29,7 @@ from fastnn.estimators import LogisticRegression, MLPClassifier
 
 sys.path.insert(0, str(Path(__file__).parent))
 import _mpi_worker as worker  # noqa: E402
+from conftest import run_in_threads  # noqa: E402
 
 pytestmark = pytest.mark.filterwarnings("ignore:Stochastic Optimizer")
 
@@ -81,22 +82,9 @@ def run_ranks(size, fn):
     """``fn(comm)`` on ``size`` threads; returns the results in rank order."""
     state = {"size": size, "slots": [None] * size,
              "barrier": threading.Barrier(size, timeout=60)}
-    results, errors = [None] * size, []
-
-    def target(rank):
-        try:
-            results[rank] = fn(ThreadComm(state, rank))
-        except BaseException as exc:  # noqa: BLE001 - reported below
-            errors.append(exc)
-            state["barrier"].abort()  # release the others
-    threads = [threading.Thread(target=target, args=(r,)) for r in range(size)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    if errors:
-        raise errors[0]
-    return results
+    # a failing rank aborts the exchange barrier, releasing the others
+    return run_in_threads(size, lambda rank: fn(ThreadComm(state, rank)),
+                          on_error=state["barrier"].abort)
 
 
 def assert_same_model(got, want, what=""):
