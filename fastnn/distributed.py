@@ -332,8 +332,7 @@ def fit(model, loss, optimizer, X, y, *, epochs, batch_size, comm, shuffle=True,
     order_rng = rng.spawn(size)[rank] if sharded else rng
     broadcast_parameters(model, comm)
 
-    callbacks = list(callbacks or [])
-    batch_hooks = [cb.batch_end for cb in callbacks if hasattr(cb, "batch_end")]
+    callbacks = nn._Callbacks(callbacks)
     largest = (math.ceil(batch_size / size) if not sharded
                else math.ceil(n_local / n_steps) if n_local else 0)
     gather = nn._BatchGather(X, y, sample_weight, largest)
@@ -344,9 +343,7 @@ def fit(model, loss, optimizer, X, y, *, epochs, batch_size, comm, shuffle=True,
         global_sizes = [int(base.sum() + np.count_nonzero(s < extra)) for s in range(n_steps)]
 
     history = []
-    was_training = model.training
-    model.train()
-    try:
+    with nn._training_mode(model):
         for epoch in range(epochs):
             if shuffle:
                 order_rng.shuffle(order)
@@ -371,18 +368,12 @@ def fit(model, loss, optimizer, X, y, *, epochs, batch_size, comm, shuffle=True,
                     optimizer.zero_grad()
                 optimizer.local_weight = weight
                 optimizer.step()
-                for hook in batch_hooks:
-                    hook(global_m)
+                callbacks.batch_end(global_m)
             _sum_in_place(comm, sums)
             epoch_loss = sums[0] / sums[1] if sums[1] > 0 else float("nan")
             history.append(float(epoch_loss))
-            stop_requested = False
-            for cb in callbacks:
-                stop_requested = bool(nn._call_epoch_end(cb, epoch, epoch_loss)) or stop_requested
-            if stop_requested:
+            if callbacks.epoch_end(epoch, epoch_loss):
                 break
-    finally:
-        model.train(was_training)
     return history
 
 

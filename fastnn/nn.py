@@ -26,6 +26,7 @@ Conventions
   as scratch space (``Sequential`` passes it for the buffers its own layers
   returned); by default the caller's ``grad`` is never modified.
 """
+import contextlib
 import math
 import numbers
 from collections import OrderedDict
@@ -772,14 +773,44 @@ class _BatchGather:
                      for a, buf in zip(self.arrays, self.buffers))
 
 
-def _call_epoch_end(callback, epoch, value):
-    hook = getattr(callback, "epoch_end", None)
-    if hook is not None:
-        return hook(value)
-    if callable(callback):
-        return callback(epoch, value)
-    raise TypeError(f"callbacks must have an epoch_end(loss) method or be callable(epoch, loss), "
-                    f"got {type(callback).__name__}")
+class _Callbacks:
+    """fit's callbacks (shared with fastnn.distributed.fit): ``batch_end(n)``
+    after every step where a callback has it, and at the end of an epoch
+    ``epoch_end(loss)`` or a call ``callback(epoch, loss)``."""
+
+    def __init__(self, callbacks):
+        self.callbacks = list(callbacks or [])
+        self.batch_hooks = [cb.batch_end for cb in self.callbacks if hasattr(cb, "batch_end")]
+
+    def batch_end(self, n_samples):
+        for hook in self.batch_hooks:
+            hook(n_samples)
+
+    def epoch_end(self, epoch, value):
+        """Calls every callback; True when any of them asks to stop."""
+        stop_requested = False
+        for cb in self.callbacks:
+            hook = getattr(cb, "epoch_end", None)
+            if hook is not None:
+                result = hook(value)
+            elif callable(cb):
+                result = cb(epoch, value)
+            else:
+                raise TypeError(f"callbacks must have an epoch_end(loss) method or be "
+                                f"callable(epoch, loss), got {type(cb).__name__}")
+            stop_requested = bool(result) or stop_requested
+        return stop_requested
+
+
+@contextlib.contextmanager
+def _training_mode(model):
+    """The model in training mode, its previous mode restored afterwards."""
+    was_training = model.training
+    model.train()
+    try:
+        yield
+    finally:
+        model.train(was_training)
 
 
 def fit(model, loss, optimizer, X, y, *, epochs, batch_size, shuffle=True, rng=None,
@@ -820,8 +851,7 @@ def fit(model, loss, optimizer, X, y, *, epochs, batch_size, shuffle=True, rng=N
         sample_weight = np.ascontiguousarray(sample_weight, dtype=dtype)
         if sample_weight.shape != (n,):
             raise ValueError(f"sample_weight must have shape ({n},), got {sample_weight.shape}")
-    callbacks = list(callbacks or [])
-    batch_hooks = [cb.batch_end for cb in callbacks if hasattr(cb, "batch_end")]
+    callbacks = _Callbacks(callbacks)
     rng = _init.as_generator(rng)
     batch_size = min(batch_size, n)
 
@@ -829,9 +859,7 @@ def fit(model, loss, optimizer, X, y, *, epochs, batch_size, shuffle=True, rng=N
     gather = _BatchGather(X, y, sample_weight, batch_size) if shuffle else None
 
     history = []
-    was_training = model.training
-    model.train()
-    try:
+    with _training_mode(model):
         for epoch in range(epochs):
             if shuffle:
                 rng.shuffle(order)
@@ -848,15 +876,9 @@ def fit(model, loss, optimizer, X, y, *, epochs, batch_size, shuffle=True, rng=N
                 weight = m if wb is None else float(wb.sum(dtype=np.float64))
                 loss_sum += value * weight
                 weight_sum += weight
-                for hook in batch_hooks:
-                    hook(m)
+                callbacks.batch_end(m)
             epoch_loss = loss_sum / weight_sum if weight_sum > 0 else float("nan")
             history.append(epoch_loss)
-            stop_requested = False
-            for cb in callbacks:
-                stop_requested = bool(_call_epoch_end(cb, epoch, epoch_loss)) or stop_requested
-            if stop_requested:
+            if callbacks.epoch_end(epoch, epoch_loss):
                 break
-    finally:
-        model.train(was_training)
     return history
