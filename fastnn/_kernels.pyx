@@ -77,6 +77,16 @@ cpdef enum Activation:
 
 cdef int _n_threads = 1
 
+
+cdef inline bint _threaded(Py_ssize_t work, Py_ssize_t n_parts) noexcept nogil:
+    """Whether a loop of ``n_parts`` parts and ``work`` elements runs on the
+    team.  Otherwise it runs as a plain loop, outside any parallel region:
+    even a one-thread region costs microseconds in libgomp (measured: a
+    small kernel call went from 1.5 to 4.5 us, more right after a parallel
+    region, when libgomp parks the idle team).  Chunking, and so every
+    result, is the same either way."""
+    return _n_threads > 1 and n_parts > 1 and work >= MIN_PARALLEL_WORK
+
 # OpenBLAS's openblas_set_num_threads_local(n) -> previous (thread-local).
 # With it every BLAS call fastnn makes runs inside fastnn's own OpenMP team,
 # one single-threaded BLAS call per thread on its block, so the two runtimes
@@ -245,9 +255,13 @@ def activation_forward(const floating[::1] z, floating[::1] out, int kind, doubl
     cdef Py_ssize_t n = z.shape[0], block = 16384, n_blocks = (n + block - 1) // block, b
     cdef const floating* zp = &z[0]
     cdef floating* op = &out[0]
-    for b in prange(n_blocks, nogil=True, schedule="static", num_threads=_n_threads,
-                    use_threads_if=n >= MIN_PARALLEL_WORK):
-        _activation_forward_range(zp, op, b * block, min((b + 1) * block, n), kind, <floating>alpha)
+    if _threaded(n, n_blocks):
+        for b in prange(n_blocks, nogil=True, schedule="static", num_threads=_n_threads):
+            _activation_forward_range(zp, op, b * block, min((b + 1) * block, n), kind,
+                                      <floating>alpha)
+    else:
+        with nogil:
+            _activation_forward_range(zp, op, 0, n, kind, <floating>alpha)
 
 
 def activation_backward(const floating[::1] o, const floating[::1] g, floating[::1] out,
@@ -257,10 +271,13 @@ def activation_backward(const floating[::1] o, const floating[::1] g, floating[:
     cdef const floating* op = &o[0]
     cdef const floating* gp = &g[0]
     cdef floating* outp = &out[0]
-    for b in prange(n_blocks, nogil=True, schedule="static", num_threads=_n_threads,
-                    use_threads_if=n >= MIN_PARALLEL_WORK):
-        _activation_backward_range(op, gp, outp, b * block, min((b + 1) * block, n), kind,
-                                   <floating>alpha)
+    if _threaded(n, n_blocks):
+        for b in prange(n_blocks, nogil=True, schedule="static", num_threads=_n_threads):
+            _activation_backward_range(op, gp, outp, b * block, min((b + 1) * block, n), kind,
+                                       <floating>alpha)
+    else:
+        with nogil:
+            _activation_backward_range(op, gp, outp, 0, n, kind, <floating>alpha)
 
 
 # ---------------------------------------------------------------------------
@@ -372,9 +389,13 @@ def softmax(const floating[:, ::1] x, floating[:, ::1] out, bint take_log):
     cdef Py_ssize_t n = x.shape[0], c = x.shape[1], i
     cdef const floating* xp = &x[0, 0]
     cdef floating* op = &out[0, 0]
-    for i in prange(n, nogil=True, schedule="static", num_threads=_n_threads,
-                    use_threads_if=n * c >= MIN_PARALLEL_WORK):
-        _softmax_row(xp + i * c, op + i * c, c, take_log)
+    if _threaded(n * c, n):
+        for i in prange(n, nogil=True, schedule="static", num_threads=_n_threads):
+            _softmax_row(xp + i * c, op + i * c, c, take_log)
+    else:
+        with nogil:
+            for i in range(n):
+                _softmax_row(xp + i * c, op + i * c, c, take_log)
 
 
 # ---------------------------------------------------------------------------
@@ -563,6 +584,19 @@ def pointwise_loss(int which, const floating[:, ::1] z, const floating[:, ::1] t
     return total
 
 
+cdef inline double _loss_chunk(int which, const floating* Z, const int64_t* labels,
+                              const floating* T, const floating* sw, floating* G, floating* L,
+                              Py_ssize_t ch, Py_ssize_t n, Py_ssize_t c, double scale,
+                              double smoothing) noexcept nogil:
+    """The loss ``which`` of chunk ``ch`` of the n rows (see _loss_rows)."""
+    cdef Py_ssize_t start = ch * ROWS_PER_CHUNK, stop = _chunk_stop(ch, n)
+    if which == LOSS_XENT:
+        return _xent_chunk(Z, labels, T, sw, G, L, start, stop, c, scale, smoothing)
+    if which == LOSS_BCE:
+        return _bce_chunk(Z, T, sw, G, L, start, stop, c, scale)
+    return _mse_chunk(Z, T, sw, G, L, start, stop, c, scale)
+
+
 cdef double _loss_rows(int which, const floating* Z, const int64_t* labels, const floating* T,
                        const floating* sw, floating* G, floating* L, Py_ssize_t n, Py_ssize_t c,
                        double scale, double smoothing, double* partial) noexcept nogil:
@@ -571,17 +605,12 @@ cdef double _loss_rows(int which, const floating* Z, const int64_t* labels, cons
     ``partial`` holds one double per chunk of rows."""
     cdef Py_ssize_t n_chunks = _n_chunks(n), ch
     cdef double total = 0
-    for ch in prange(n_chunks, schedule="static", num_threads=_n_threads,
-                     use_threads_if=n * c >= MIN_PARALLEL_WORK):
-        if which == LOSS_XENT:
-            partial[ch] = _xent_chunk(Z, labels, T, sw, G, L, ch * ROWS_PER_CHUNK,
-                                      _chunk_stop(ch, n), c, scale, smoothing)
-        elif which == LOSS_BCE:
-            partial[ch] = _bce_chunk(Z, T, sw, G, L, ch * ROWS_PER_CHUNK, _chunk_stop(ch, n),
-                                     c, scale)
-        else:
-            partial[ch] = _mse_chunk(Z, T, sw, G, L, ch * ROWS_PER_CHUNK, _chunk_stop(ch, n),
-                                     c, scale)
+    if _threaded(n * c, n_chunks):
+        for ch in prange(n_chunks, schedule="static", num_threads=_n_threads):
+            partial[ch] = _loss_chunk(which, Z, labels, T, sw, G, L, ch, n, c, scale, smoothing)
+    else:
+        for ch in range(n_chunks):
+            partial[ch] = _loss_chunk(which, Z, labels, T, sw, G, L, ch, n, c, scale, smoothing)
     for ch in range(n_chunks):
         total += partial[ch]
     return total
@@ -690,9 +719,12 @@ cdef void _gemm_tiled(bint trans_a, bint trans_b, Py_ssize_t m, Py_ssize_t n, Py
     result is the same), each on single-threaded BLAS."""
     cdef TileGrid g = _tile_grid(m, n, k)
     cdef Py_ssize_t n_tiles = g.row_tiles * g.col_tiles, t
-    for t in prange(n_tiles, schedule="dynamic", num_threads=_n_threads,
-                    use_threads_if=n_tiles > 1):
-        _gemm_tile(&g, t, trans_a, trans_b, k, A, lda, B, ldb, C, ldc, bias, kind, alpha)
+    if _n_threads > 1 and n_tiles > 1:    # the grid already has one tile below the threshold
+        for t in prange(n_tiles, schedule="dynamic", num_threads=_n_threads):
+            _gemm_tile(&g, t, trans_a, trans_b, k, A, lda, B, ldb, C, ldc, bias, kind, alpha)
+    else:
+        for t in range(n_tiles):
+            _gemm_tile(&g, t, trans_a, trans_b, k, A, lda, B, ldb, C, ldc, bias, kind, alpha)
 
 
 def dense_forward(const floating[:, ::1] A, const floating[:, ::1] W, const floating[::1] b,
@@ -748,10 +780,14 @@ cdef void _dense_backward_rows(const floating* A, const floating* W, const float
     n_chunks x n_out doubles."""
     cdef Py_ssize_t n_chunks = _n_chunks(n), ch, j
     cdef double s
-    for ch in prange(n_chunks, schedule="static", num_threads=_n_threads,
-                     use_threads_if=n * n_out >= MIN_PARALLEL_WORK):
-        _delta_colsum_chunk(O, G, D, partial + ch * n_out, ch * ROWS_PER_CHUNK,
-                            _chunk_stop(ch, n), n_out, kind, alpha)
+    if _threaded(n * n_out, n_chunks):
+        for ch in prange(n_chunks, schedule="static", num_threads=_n_threads):
+            _delta_colsum_chunk(O, G, D, partial + ch * n_out, ch * ROWS_PER_CHUNK,
+                                _chunk_stop(ch, n), n_out, kind, alpha)
+    else:
+        for ch in range(n_chunks):
+            _delta_colsum_chunk(O, G, D, partial + ch * n_out, ch * ROWS_PER_CHUNK,
+                                _chunk_stop(ch, n), n_out, kind, alpha)
     for j in range(n_out):
         s = 0
         for ch in range(n_chunks):
@@ -910,6 +946,16 @@ cdef double _logistic_chunk(const floating* X, const floating* w, double b, cons
     return total
 
 
+cdef inline void _logistic_chunk_at(Py_ssize_t ch, const floating* X, const floating* w, double b,
+                                    const floating* t, const floating* sw, floating* chunk_gw,
+                                    double* partial, Py_ssize_t n, Py_ssize_t d) noexcept nogil:
+    """Chunk ``ch`` of logistic_loss_grad: its gradient into row ch of
+    chunk_gw, [grad_b, loss] into partial[2 ch : 2 ch + 2]."""
+    partial[2 * ch + 1] = _logistic_chunk(X, w, b, t, sw, chunk_gw + ch * d, partial + 2 * ch,
+                                          ch * ROWS_PER_CHUNK, _chunk_stop(ch, n), d,
+                                          _chunk_stop(ch + 1, n) - _chunk_stop(ch, n))
+
+
 def logistic_loss_grad(const floating[:, ::1] X, const floating[::1] w, double b,
                        const floating[::1] t, const floating[::1] sample_weight,
                        floating[::1] grad_w, double scale):
@@ -927,12 +973,12 @@ def logistic_loss_grad(const floating[:, ::1] X, const floating[::1] w, double b
         free(partial)
         raise MemoryError()
     with nogil:
-        for ch in prange(n_chunks, schedule="static", num_threads=_n_threads,
-                         use_threads_if=n * d >= MIN_PARALLEL_WORK):
-            partial[2 * ch + 1] = _logistic_chunk(
-                &X[0, 0], &w[0], b, &t[0], wp, chunk_gw + ch * d, partial + 2 * ch,
-                ch * ROWS_PER_CHUNK, _chunk_stop(ch, n), d,
-                _chunk_stop(ch + 1, n) - _chunk_stop(ch, n))
+        if _threaded(n * d, n_chunks):
+            for ch in prange(n_chunks, schedule="static", num_threads=_n_threads):
+                _logistic_chunk_at(ch, &X[0, 0], &w[0], b, &t[0], wp, chunk_gw, partial, n, d)
+        else:
+            for ch in range(n_chunks):
+                _logistic_chunk_at(ch, &X[0, 0], &w[0], b, &t[0], wp, chunk_gw, partial, n, d)
         # chunk by chunk (in order, as every reduction here), each a contiguous row
         memset(gw_sum, 0, d * sizeof(double))
         for ch in range(n_chunks):
@@ -1025,23 +1071,30 @@ def sgd_step(list views, list regularize, double lr, double momentum, bint neste
     (csrc/fastnn_update.h)."""
     cdef Py_ssize_t n_blocks, blk, total = 0
     cdef UpdateBlock* blocks
-    cdef UpdateBlock* b
     cdef bint single = views[0][0].dtype.itemsize == 4
     blocks = (_update_blocks(views, regularize, <float*>NULL, &n_blocks) if single
               else _update_blocks(views, regularize, <double*>NULL, &n_blocks))
     for blk in range(n_blocks):
         total += blocks[blk].n
-    for blk in prange(n_blocks, nogil=True, schedule="static", num_threads=_n_threads,
-                      use_threads_if=total >= MIN_PARALLEL_WORK):
-        b = &blocks[blk]
-        if single:
-            fastnn_sgd_f(<float*>b.p, <const float*>b.g, <float*>b.s1, b.n, <float>lr,
-                         <float>momentum, nesterov, <float>l2 if b.regularize else 0,
-                         <float>l1 if b.regularize else 0)
-        else:
-            fastnn_sgd_d(<double*>b.p, <const double*>b.g, <double*>b.s1, b.n, lr, momentum,
-                         nesterov, l2 if b.regularize else 0, l1 if b.regularize else 0)
+    if _threaded(total, n_blocks):
+        for blk in prange(n_blocks, nogil=True, schedule="static", num_threads=_n_threads):
+            _sgd_block(&blocks[blk], single, lr, momentum, nesterov, l2, l1)
+    else:
+        with nogil:
+            for blk in range(n_blocks):
+                _sgd_block(&blocks[blk], single, lr, momentum, nesterov, l2, l1)
     free(blocks)
+
+
+cdef inline void _sgd_block(const UpdateBlock* b, bint single, double lr, double momentum,
+                            bint nesterov, double l2, double l1) noexcept nogil:
+    if single:
+        fastnn_sgd_f(<float*>b.p, <const float*>b.g, <float*>b.s1, b.n, <float>lr,
+                     <float>momentum, nesterov, <float>l2 if b.regularize else 0,
+                     <float>l1 if b.regularize else 0)
+    else:
+        fastnn_sgd_d(<double*>b.p, <const double*>b.g, <double*>b.s1, b.n, lr, momentum,
+                     nesterov, l2 if b.regularize else 0, l1 if b.regularize else 0)
 
 
 def adam_step(list views, list regularize, double lr_t, double beta1, double beta2,
@@ -1052,7 +1105,6 @@ def adam_step(list views, list regularize, double lr_t, double beta1, double bet
     l1 and decay apply where regularize[i]."""
     cdef Py_ssize_t n_blocks, blk, total = 0
     cdef UpdateBlock* blocks
-    cdef UpdateBlock* b
     cdef bint single = views[0][0].dtype.itemsize == 4
     # 1 - beta in double, then rounded: 1 - <float>0.999 is off by 1.3e-5 relative.
     cdef double c1 = 1 - beta1, c2 = 1 - beta2, keep = 1 - decay
@@ -1060,20 +1112,28 @@ def adam_step(list views, list regularize, double lr_t, double beta1, double bet
               else _update_blocks(views, regularize, <double*>NULL, &n_blocks))
     for blk in range(n_blocks):
         total += blocks[blk].n
-    for blk in prange(n_blocks, nogil=True, schedule="static", num_threads=_n_threads,
-                      use_threads_if=total >= MIN_PARALLEL_WORK):
-        b = &blocks[blk]
-        if single:
-            fastnn_adam_f(<float*>b.p, <const float*>b.g, <float*>b.s1, <float*>b.s2, b.n,
-                          <float>lr_t, <float>beta1, <float>beta2, <float>c1, <float>c2,
-                          <float>eps, <float>l2 if b.regularize else 0,
-                          <float>l1 if b.regularize else 0,
-                          <float>keep if b.regularize else 1)
-        else:
-            fastnn_adam_d(<double*>b.p, <const double*>b.g, <double*>b.s1, <double*>b.s2, b.n,
-                          lr_t, beta1, beta2, c1, c2, eps, l2 if b.regularize else 0,
-                          l1 if b.regularize else 0, keep if b.regularize else 1)
+    if _threaded(total, n_blocks):
+        for blk in prange(n_blocks, nogil=True, schedule="static", num_threads=_n_threads):
+            _adam_block(&blocks[blk], single, lr_t, beta1, beta2, c1, c2, eps, l2, l1, keep)
+    else:
+        with nogil:
+            for blk in range(n_blocks):
+                _adam_block(&blocks[blk], single, lr_t, beta1, beta2, c1, c2, eps, l2, l1, keep)
     free(blocks)
+
+
+cdef inline void _adam_block(const UpdateBlock* b, bint single, double lr_t, double beta1,
+                             double beta2, double c1, double c2, double eps, double l2,
+                             double l1, double keep) noexcept nogil:
+    if single:
+        fastnn_adam_f(<float*>b.p, <const float*>b.g, <float*>b.s1, <float*>b.s2, b.n,
+                      <float>lr_t, <float>beta1, <float>beta2, <float>c1, <float>c2,
+                      <float>eps, <float>l2 if b.regularize else 0,
+                      <float>l1 if b.regularize else 0, <float>keep if b.regularize else 1)
+    else:
+        fastnn_adam_d(<double*>b.p, <const double*>b.g, <double*>b.s1, <double*>b.s2, b.n,
+                      lr_t, beta1, beta2, c1, c2, eps, l2 if b.regularize else 0,
+                      l1 if b.regularize else 0, keep if b.regularize else 1)
 
 
 def simd_variant():
