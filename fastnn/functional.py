@@ -250,6 +250,13 @@ def softmax_cross_entropy(logits, target, *, sample_weight=None, reduction="mean
     ``target``: class indices (N,) of any integer dtype, or probabilities (N, C).
     """
     _check_reduction(reduction)
+    if (sample_weight is None and reduction == "mean"
+            and type(label_smoothing) is float and label_smoothing == 0.0):
+        # a training loop's call, checked and computed in one compiled call;
+        # None means an argument needs the conversions or errors below
+        result = _kernels.xent_mean_labels(logits, target, out)
+        if result is not None:
+            return result
     if not (isinstance(label_smoothing, numbers.Real) and 0 <= label_smoothing < 1):
         raise ValueError(f"label_smoothing must be in [0, 1), got {label_smoothing!r}")
     z = _primary(logits, "logits", (2,))
@@ -257,7 +264,7 @@ def softmax_cross_entropy(logits, target, *, sample_weight=None, reduction="mean
     labels, probs = _xent_target(target, z.shape, z.dtype)
     w = _sample_weight(sample_weight, n, z.dtype)
     scale = _scale(reduction, n, w)
-    grad = _output(out, "out", z.shape, z.dtype, z, probs)
+    grad = _output(out, "out", z.shape, z.dtype, z, probs, labels)
     losses = np.empty(n, z.dtype) if reduction == "none" else None
     total = _kernels.softmax_cross_entropy(z, labels, probs, w, grad, losses, scale,
                                            float(label_smoothing))

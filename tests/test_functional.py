@@ -8,7 +8,7 @@ implementations through the ``impl`` fixture.
 import numpy as np
 import pytest
 
-from fastnn import functional, reference
+from fastnn import _kernels, functional, reference
 from conftest import (
     ACTIVATIONS,
     DTYPES,
@@ -296,6 +296,54 @@ def test_softmax_cross_entropy_matches_reference(rng, dtype, shape, reduction, w
     got = functional.softmax_cross_entropy(z, t, out=out, **kwargs)
     assert got[1] is out
     assert_result_close(got, reference.softmax_cross_entropy(z, t, **kwargs), dtype)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape", XENT_SHAPES)
+def test_cross_entropy_one_call_path_is_the_general_path(rng, dtype, shape):
+    # int64 labels and no options: the one-call path (_kernels.xent_mean_labels);
+    # int32 labels: the general checks and conversion.  Same kernel, same bits.
+    n, c = shape
+    z = randn(rng, shape, dtype, 3.0)
+    y = labels(rng, n, c)
+    assert _kernels.xent_mean_labels(z, y, None) is not None     # the path is taken
+    one_call = functional.softmax_cross_entropy(z, y)
+    general = functional.softmax_cross_entropy(z, y.astype(np.int32))
+    assert one_call[0] == general[0]
+    np.testing.assert_array_equal(one_call[1], general[1])
+
+
+def test_cross_entropy_one_call_path_declines_what_it_cannot_take(rng):
+    z = randn(rng, (6, 4), np.float32)
+    y = labels(rng, 6, 4)
+    out = np.empty_like(z)
+    assert _kernels.xent_mean_labels(z, y, out) is not None
+    readonly = np.empty_like(z)
+    readonly.flags.writeable = False
+    storage = np.zeros(z.size + 6, np.float64)            # out over the labels' bytes
+    labels_in_out = storage[z.size // 2:][:6].view(np.int64)
+    labels_in_out[:] = y
+    declined = {
+        "float16 logits": (z.astype(np.float16), y, None),
+        "strided logits": (np.repeat(z, 2, axis=1)[:, ::2], y, None),
+        "big-endian logits": (z.astype(">f4"), y, None),
+        "subclass logits": (z.view(type("Sub", (np.ndarray,), {})), y, None),
+        "1-D logits": (z[0], y[:1], None),
+        "empty logits": (z[:0], y[:0], None),
+        "int32 labels": (z, y.astype(np.int32), None),
+        "label list": (z, list(y), None),
+        "labels too short": (z, y[:5], None),
+        "label -1": (z, np.where(np.arange(6) == 2, -1, y), None),
+        "label C": (z, np.where(np.arange(6) == 5, 4, y), None),
+        "out float64": (z, y, out.astype(np.float64)),
+        "out transposed": (z, y, np.empty((4, 6), np.float32).T),
+        "out read-only": (z, y, readonly),
+        "out is logits": (z, y, z),
+        "out over labels": (z.astype(np.float64), labels_in_out,
+                            storage[:z.size].reshape(z.shape)),
+    }
+    for what, args in declined.items():
+        assert _kernels.xent_mean_labels(*args) is None, what
 
 
 @pytest.mark.parametrize("dtype", DTYPES)

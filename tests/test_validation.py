@@ -346,6 +346,11 @@ def test_out_must_not_overlap_the_input():
         F.softmax(x, out=buffer[C:].reshape(N, C))
     with pytest.raises(ValueError, match="^out"):
         F.softmax_cross_entropy(x, Y, out=x)   # the loss is not an in-place kernel
+    storage = np.zeros(N * C + N)                 # out over the labels' bytes
+    labels = storage[N * C - N // 2:][:N].view(np.int64)
+    labels[:] = Y
+    with pytest.raises(ValueError, match="^out"):
+        F.softmax_cross_entropy(Z, labels, out=storage[:N * C].reshape(N, C))
 
 
 def test_all_zero_weights_are_fine_with_sum():
