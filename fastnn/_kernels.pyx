@@ -634,11 +634,49 @@ cdef inline bint _plain(object x, int type_num, int ndim):
             and cnp.PyArray_SIZE(a) > 0)
 
 
+cdef inline int _float_dtype(object x, int ndim):
+    """NPY_FLOAT32 or NPY_FLOAT64 when ``x`` is _plain as one of them, else -1."""
+    if _plain(x, cnp.NPY_FLOAT32, ndim):
+        return cnp.NPY_FLOAT32
+    if _plain(x, cnp.NPY_FLOAT64, ndim):
+        return cnp.NPY_FLOAT64
+    return -1
+
+
+cdef inline bint _plain_shape(object x, int dtype, Py_ssize_t d0, Py_ssize_t d1):
+    """_plain with shape (d0, d1), or (d0,) when d1 < 0."""
+    if not _plain(x, dtype, 1 if d1 < 0 else 2):
+        return False
+    return (cnp.PyArray_DIM(<cnp.ndarray> x, 0) == d0
+            and (d1 < 0 or cnp.PyArray_DIM(<cnp.ndarray> x, 1) == d1))
+
+
 cdef inline bint _overlap(cnp.ndarray a, cnp.ndarray b):
     """Whether two contiguous arrays share any byte."""
     cdef char* pa = <char*> cnp.PyArray_DATA(a)
     cdef char* pb = <char*> cnp.PyArray_DATA(b)
     return pa < pb + cnp.PyArray_NBYTES(b) and pb < pa + cnp.PyArray_NBYTES(a)
+
+
+cdef object _out_buffer(object out, int dtype, Py_ssize_t d0, Py_ssize_t d1, tuple inputs):
+    """A new (d0, d1) array ((d0,) when d1 < 0) when ``out`` is None; ``out``
+    itself when it is _plain of that shape, writeable and overlaps none of
+    ``inputs`` (None entries skipped); None otherwise (decline)."""
+    cdef cnp.npy_intp dims[2]
+    if out is None:
+        dims[0], dims[1] = d0, d1
+        return cnp.PyArray_EMPTY(1 if d1 < 0 else 2, dims, dtype, 0)
+    if not _plain_shape(out, dtype, d0, d1) or not cnp.PyArray_ISWRITEABLE(<cnp.ndarray> out):
+        return None
+    for x in inputs:
+        if x is not None and _overlap(<cnp.ndarray> out, <cnp.ndarray> x):
+            return None
+    return out
+
+
+cdef inline void* _data(object x):
+    """The data pointer of a checked array, NULL for None."""
+    return cnp.PyArray_DATA(<cnp.ndarray> x) if x is not None else NULL
 
 
 def xent_mean_labels(logits, labels, out):
@@ -651,33 +689,23 @@ def xent_mean_labels(logits, labels, out):
     general path's, bit for bit (the same _loss_rows).  Exists because the
     general path's checks cost a few microseconds, more than the kernel at
     training-loop sizes (128 x 10: about 2 us)."""
-    cdef int dtype
+    cdef int dtype = _float_dtype(logits, 2)
     cdef cnp.ndarray z, y, g
     cdef Py_ssize_t n, c
     cdef double total, one_chunk
     cdef double* partial = &one_chunk
-    if _plain(logits, cnp.NPY_FLOAT32, 2):
-        dtype = cnp.NPY_FLOAT32
-    elif _plain(logits, cnp.NPY_FLOAT64, 2):
-        dtype = cnp.NPY_FLOAT64
-    else:
+    if dtype < 0:
         return None
     z = <cnp.ndarray> logits
     n, c = cnp.PyArray_DIM(z, 0), cnp.PyArray_DIM(z, 1)
-    if not _plain(labels, cnp.NPY_INT64, 1) or cnp.PyArray_DIM(<cnp.ndarray> labels, 0) != n:
+    if not _plain_shape(labels, cnp.NPY_INT64, n, -1):
         return None
     y = <cnp.ndarray> labels
     if fastnn_count_outside(<int64_t*> cnp.PyArray_DATA(y), n, c):
         return None
-    if out is None:
-        g = cnp.PyArray_EMPTY(2, cnp.PyArray_DIMS(z), dtype, 0)
-    else:
-        if not _plain(out, dtype, 2):
-            return None
-        g = <cnp.ndarray> out
-        if (cnp.PyArray_DIM(g, 0) != n or cnp.PyArray_DIM(g, 1) != c
-                or not cnp.PyArray_ISWRITEABLE(g) or _overlap(g, z) or _overlap(g, y)):
-            return None
+    g = _out_buffer(out, dtype, n, c, (z, y))
+    if g is None:
+        return None
     if _n_chunks(n) > 1:
         partial = <double*> malloc(_n_chunks(n) * sizeof(double))
         if partial == NULL:
@@ -850,6 +878,98 @@ def dense_backward(const floating[:, ::1] A, const floating[:, ::1] W, const flo
                              &dA[0, 0] if dA is not None else NULL, &dW[0, 0], &db[0],
                              n, A.shape[1], n_out, kind, <floating>alpha, partial)
     free(partial)
+
+
+def dense_forward_plain(A, W, b, out, int kind, double alpha):
+    """dense_forward for arguments usable as is, as xent_mean_labels: W
+    float32/float64, A, b and ``out`` (None: a new one) of its dtype and the
+    right shapes, ``out`` writeable and overlapping no input.  Returns out,
+    or None to decline (fastnn.functional's general path then converts or
+    raises).  Skips checks that cost more than a small layer's GEMM."""
+    cdef int dtype = _float_dtype(W, 2)
+    cdef Py_ssize_t n, n_in, n_out
+    if dtype < 0:
+        return None
+    n_in, n_out = cnp.PyArray_DIM(<cnp.ndarray> W, 0), cnp.PyArray_DIM(<cnp.ndarray> W, 1)
+    if not _plain(A, dtype, 2) or cnp.PyArray_DIM(<cnp.ndarray> A, 1) != n_in:
+        return None
+    n = cnp.PyArray_DIM(<cnp.ndarray> A, 0)
+    if b is not None and not _plain_shape(b, dtype, n_out, -1):
+        return None
+    out = _out_buffer(out, dtype, n, n_out, (A, W, b))
+    if out is None:
+        return None
+    cdef void* pa = _data(A)
+    cdef void* pw = _data(W)
+    cdef void* pb = _data(b)
+    cdef void* po = _data(out)
+    with nogil:
+        if dtype == cnp.NPY_FLOAT32:
+            _gemm_tiled(False, False, n, n_out, n_in, <float*> pa, n_in, <float*> pw, n_out,
+                        <float*> po, n_out, <float*> pb, kind, <float> alpha)
+        else:
+            _gemm_tiled(False, False, n, n_out, n_in, <double*> pa, n_in, <double*> pw, n_out,
+                        <double*> po, n_out, <double*> pb, kind, alpha)
+    return out
+
+
+def dense_backward_plain(A, W, O, grad_out, out, bint need_input_grad, bint overwrite_grad_out,
+                         int kind, double alpha):
+    """dense_backward for arguments usable as is, as dense_forward_plain
+    (``out``: None or a (dA, dW, db) tuple or list of buffers or Nones;
+    ``grad_out`` receives delta when ``overwrite_grad_out``).  Returns
+    (dA, dW, db), or None to decline."""
+    cdef int dtype = _float_dtype(W, 2)
+    cdef Py_ssize_t n, n_in, n_out
+    cdef double* partial
+    if dtype < 0:
+        return None
+    n_in, n_out = cnp.PyArray_DIM(<cnp.ndarray> W, 0), cnp.PyArray_DIM(<cnp.ndarray> W, 1)
+    if not _plain(A, dtype, 2) or cnp.PyArray_DIM(<cnp.ndarray> A, 1) != n_in:
+        return None
+    n = cnp.PyArray_DIM(<cnp.ndarray> A, 0)
+    if not _plain_shape(O, dtype, n, n_out):
+        return None
+    if overwrite_grad_out:
+        delta = _out_buffer(grad_out, dtype, n, n_out, (A, W, O))
+    elif _plain_shape(grad_out, dtype, n, n_out):
+        delta = _out_buffer(None, dtype, n, n_out, ())
+    else:
+        return None
+    if delta is None:
+        return None
+    dA_out = dW_out = db_out = None
+    if out is not None:
+        if not isinstance(out, (tuple, list)) or len(out) != 3:
+            return None
+        dA_out, dW_out, db_out = out
+    inputs = (A, W, O, grad_out)
+    dW = _out_buffer(dW_out, dtype, n_in, n_out, inputs)
+    db = None if dW is None else _out_buffer(db_out, dtype, n_out, -1, inputs + (dW,))
+    if db is None:
+        return None
+    dA = None
+    if need_input_grad:
+        dA = _out_buffer(dA_out, dtype, n, n_in, inputs + (dW, db))
+        if dA is None:
+            return None
+    partial = <double*> malloc(_n_chunks(n) * n_out * sizeof(double))
+    if partial == NULL:
+        raise MemoryError()
+    cdef void* p[8]
+    p[:] = [_data(A), _data(W), _data(O), _data(grad_out), _data(delta), _data(dA), _data(dW),
+            _data(db)]
+    with nogil:
+        if dtype == cnp.NPY_FLOAT32:
+            _dense_backward_rows(<float*> p[0], <float*> p[1], <float*> p[2], <float*> p[3],
+                                 <float*> p[4], <float*> p[5], <float*> p[6], <float*> p[7],
+                                 n, n_in, n_out, kind, <float> alpha, partial)
+        else:
+            _dense_backward_rows(<double*> p[0], <double*> p[1], <double*> p[2], <double*> p[3],
+                                 <double*> p[4], <double*> p[5], <double*> p[6], <double*> p[7],
+                                 n, n_in, n_out, kind, alpha, partial)
+    free(partial)
+    return dA, dW, db
 
 
 cdef void _dense_backward_rows(const floating* A, const floating* W, const floating* O,

@@ -314,6 +314,9 @@ def dense_forward(A, W, b, activation="identity", *, alpha=0.01, out=None):
     """O = f(A W + b) with W of shape (n_in, n_out); the product runs on BLAS,
     bias and activation in one fused pass."""
     kind = _activation(activation, alpha)
+    result = _kernels.dense_forward_plain(A, W, b, out, kind, alpha)  # None: needs the below
+    if result is not None:
+        return result
     A, W, b = _dense_operands(A, W, b)
     out = _output(out, "out", (A.shape[0], W.shape[1]), W.dtype, A, W, b)
     _kernels.dense_forward(A, W, b, out, kind, alpha)
@@ -330,6 +333,10 @@ def dense_backward(A, W, O, grad_out, activation="identity", *, alpha=0.01,
     buffers; ``overwrite_grad_out=True`` stores delta in ``grad_out``.
     """
     kind = _activation(activation, alpha)
+    result = _kernels.dense_backward_plain(A, W, O, grad_out, out, need_input_grad,
+                                           overwrite_grad_out, kind, alpha)
+    if result is not None:
+        return result
     A, W, _ = _dense_operands(A, W, None)
     n, n_out = A.shape[0], W.shape[1]
     O = _contiguous(O, "O", W.dtype, (2,))

@@ -648,6 +648,82 @@ def test_dense_backward_overwrite_grad_out(rng, impl, name):
     assert_close(buffer, reference.activation_backward(O, G, name, alpha=0.1))
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape", DENSE_SHAPES)
+def test_dense_one_call_path_is_the_general_path(rng, dtype, shape):
+    # C-ordered arrays take the one-call paths (_kernels.dense_*_plain); a
+    # Fortran-ordered A the general checks and a C-ordered copy: same bits
+    A, W, b, O, G = dense_data(rng, *shape, dtype, "tanh")
+    F_A = np.asfortranarray(A)
+    for need_input_grad in (True, False):
+        assert _kernels.dense_backward_plain(A, W, O, G, None, need_input_grad, False,
+                                             functional.ACTIVATIONS["tanh"], 0.1) is not None
+        one_call = functional.dense_backward(A, W, O, G, "tanh", need_input_grad=need_input_grad)
+        general = functional.dense_backward(F_A, W, O, G, "tanh",
+                                            need_input_grad=need_input_grad)
+        for x, y in zip(one_call, general):
+            np.testing.assert_array_equal(x, y)
+    assert _kernels.dense_forward_plain(A, W, b, None, functional.ACTIVATIONS["tanh"],
+                                        0.1) is not None
+    np.testing.assert_array_equal(functional.dense_forward(A, W, b, "tanh"),
+                                  functional.dense_forward(F_A, W, b, "tanh"))
+
+
+def test_dense_one_call_paths_decline_what_they_cannot_take(rng):
+    A, W, b, O, G = dense_data(rng, 6, 5, 3, np.float32, "tanh")
+    relu = functional.ACTIVATIONS["relu"]
+    forward = lambda A=A, W=W, b=b, out=None: _kernels.dense_forward_plain(  # noqa: E731
+        A, W, b, out, relu, 0.0)
+    assert forward() is not None and forward(b=None, out=np.empty((6, 3), np.float32)) is not None
+    declined = {
+        "float16 W": forward(W=W.astype(np.float16)),
+        "float64 A": forward(A=A.astype(np.float64)),
+        "Fortran A": forward(A=np.asfortranarray(A)),
+        "A too wide": forward(A=np.zeros((6, 6), np.float32)),
+        "b too long": forward(b=np.zeros(4, np.float32)),
+        "b list": forward(b=list(b)),
+        "out wrong shape": forward(out=np.empty((6, 4), np.float32)),
+        "out read-only": forward(out=_readonly(np.empty((6, 3), np.float32))),
+        "out is A": forward(A=(square := np.zeros((6, 6), np.float32)),
+                            W=np.zeros((6, 6), np.float32), b=None, out=square),
+    }
+    for what, result in declined.items():
+        assert result is None, what
+
+    def backward(A=A, W=W, O=O, G=G, out=None, need_input_grad=True, overwrite=False):
+        return _kernels.dense_backward_plain(A, W, O, G, out, need_input_grad, overwrite, relu,
+                                             0.0)
+    bufs = lambda: [np.empty((6, 5), np.float32), np.empty((5, 3), np.float32),  # noqa: E731
+                    np.empty(3, np.float32)]
+    assert backward() is not None and backward(out=bufs(), overwrite=True, G=G.copy()) is not None
+    readonly = np.empty((5, 3), np.float32)
+    readonly.flags.writeable = False
+    declined = {
+        "O wrong shape": backward(O=O[:5]),
+        "G float64": backward(G=G.astype(np.float64)),
+        "G read-only, overwritten": backward(G=_readonly(G), overwrite=True),
+        "G is O, overwritten": backward(G=O, overwrite=True),
+        "out of two": backward(out=bufs()[:2]),
+        "out dict": backward(out={}),
+        "dW read-only": backward(out=[None, readonly, None]),
+        "db over dW": backward(out=[None, (dw := np.empty((5, 3), np.float32)), dw[0]]),
+        "dA is A": backward(out=[A, None, None]),
+        "dW over G, overwritten": backward(
+            G=(g := np.zeros((6, 3), np.float32)), overwrite=True,
+            out=[None, g[:5], None]),
+    }
+    for what, result in declined.items():
+        assert result is None, what
+    # without need_input_grad, out[0] is not used, so not checked
+    assert backward(out=[A, None, None], need_input_grad=False)[0] is None
+
+
+def _readonly(x):
+    x = x.copy()
+    x.flags.writeable = False
+    return x
+
+
 @pytest.mark.parametrize("layout", LAYOUTS)
 def test_dense_accepts_every_layout(rng, layout):
     A, W, b, O, G = dense_data(rng, 30, 9, 7, np.float64)
