@@ -795,6 +795,20 @@ cdef inline TileGrid _tile_grid(Py_ssize_t m, Py_ssize_t n, Py_ssize_t k) noexce
     return g
 
 
+cdef inline int _narrow_product(bint trans_a, bint trans_b, Py_ssize_t m, Py_ssize_t n,
+                                Py_ssize_t k, const floating* A, Py_ssize_t lda,
+                                const floating* B, Py_ssize_t ldb, floating* C,
+                                Py_ssize_t ldc) noexcept nogil:
+    """C = op(A) op(B) on fastnn_narrow_f where it was measured to beat BLAS
+    (float32, at most FASTNN_NARROW_F columns; dW-type products, op(A) = A^T,
+    from 1 column, forward products from 9): returns 0 when done, else -1 and
+    BLAS computes it."""
+    if floating is float:
+        if not trans_b and n <= FASTNN_NARROW_F and (trans_a or 2 * n > FASTNN_NARROW_F):
+            return fastnn_narrow_f(trans_a, m, n, k, A, lda, B, ldb, C, ldc)
+    return -1
+
+
 cdef void _gemm_tile(const TileGrid* g, Py_ssize_t t, bint trans_a, bint trans_b,
                      Py_ssize_t k, const floating* A, Py_ssize_t lda, const floating* B,
                      Py_ssize_t ldb, floating* C, Py_ssize_t ldc, const floating* bias,
@@ -810,10 +824,13 @@ cdef void _gemm_tile(const TileGrid* g, Py_ssize_t t, bint trans_a, bint trans_b
     cdef int previous
     if i1 <= i0 or j1 <= j0:
         return
-    previous = _blas_single_begin()
-    _gemm(c'T' if trans_b else c'N', c'T' if trans_a else c'N', <int>(j1 - j0), <int>(i1 - i0),
-          <int>k, 1, b, <int>ldb, a, <int>lda, 0, C + i0 * ldc + j0, <int>ldc)
-    _blas_single_end(previous)
+    if _narrow_product(trans_a, trans_b, i1 - i0, j1 - j0, k, a, lda, b, ldb,
+                       C + i0 * ldc + j0, ldc) != 0:
+        previous = _blas_single_begin()
+        _gemm(c'T' if trans_b else c'N', c'T' if trans_a else c'N', <int>(j1 - j0),
+              <int>(i1 - i0), <int>k, 1, b, <int>ldb, a, <int>lda, 0, C + i0 * ldc + j0,
+              <int>ldc)
+        _blas_single_end(previous)
     if bias != NULL or kind != IDENTITY:
         _bias_activation(C, bias, i0, i1, j0, j1, ldc, kind, alpha)
 
@@ -1197,6 +1214,12 @@ def logistic_loss_grad(const floating[:, ::1] X, const floating[::1] w, double b
 # ---------------------------------------------------------------------------
 # optimiser updates: one fused pass over each parameter array
 # ---------------------------------------------------------------------------
+cdef extern from "fastnn_narrow.h" nogil:
+    int FASTNN_NARROW_F
+    int fastnn_narrow_f(int trans_a, Py_ssize_t m, Py_ssize_t n, Py_ssize_t k, const float* A,
+                        Py_ssize_t lda, const float* B, Py_ssize_t ldb, float* C, Py_ssize_t ldc)
+
+
 cdef extern from "fastnn_update.h" nogil:
     void fastnn_sgd_f(float* p, const float* g, float* v, Py_ssize_t n, float lr, float mu,
                       int nesterov, float l2, float l1)
