@@ -5,7 +5,11 @@ Contract (see docs/API.md): every function here receives *valid* input from
 ``fastnn.functional`` -- C-contiguous memoryviews of one float dtype, correct
 shapes, no empty dimensions -- and never raises.  (dense_stack_step, called
 by fastnn.nn with checked arrays, also checks that its layers' shapes chain,
-as a second line of defence.)  One body serves float32 and
+as a second line of defence.)  The exceptions are the one-call entry points
+of the training loop's calls (xent_mean_labels, dense_forward_plain,
+dense_backward_plain): they take the arguments as given, accept only those
+usable as is, and return None for anything else, which the general checks
+of ``fastnn.functional`` then convert or reject.  One body serves float32 and
 float64 through the ``floating`` fused type.  Loops over rows run under
 ``prange`` with the GIL released; reductions over rows are computed per
 fixed-size chunk of rows and the chunk results are combined serially in chunk
