@@ -901,20 +901,30 @@ def dense_backward(const floating[:, ::1] A, const floating[:, ::1] W, const flo
     free(partial)
 
 
+cdef int _plain_layer(object A, object W, Py_ssize_t* n, Py_ssize_t* n_in,
+                      Py_ssize_t* n_out):
+    """The dtype of a layer's weights W (n_in x n_out) and input A (n x n_in)
+    when both are usable as is (_plain, one dtype, matching), else -1."""
+    cdef int dtype = _float_dtype(W, 2)
+    if dtype < 0:
+        return -1
+    n_in[0], n_out[0] = cnp.PyArray_DIM(<cnp.ndarray> W, 0), cnp.PyArray_DIM(<cnp.ndarray> W, 1)
+    if not _plain(A, dtype, 2) or cnp.PyArray_DIM(<cnp.ndarray> A, 1) != n_in[0]:
+        return -1
+    n[0] = cnp.PyArray_DIM(<cnp.ndarray> A, 0)
+    return dtype
+
+
 def dense_forward_plain(A, W, b, out, int kind, double alpha):
     """dense_forward for arguments usable as is, as xent_mean_labels: W
     float32/float64, A, b and ``out`` (None: a new one) of its dtype and the
     right shapes, ``out`` writeable and overlapping no input.  Returns out,
     or None to decline (fastnn.functional's general path then converts or
     raises).  Skips checks that cost more than a small layer's GEMM."""
-    cdef int dtype = _float_dtype(W, 2)
     cdef Py_ssize_t n, n_in, n_out
+    cdef int dtype = _plain_layer(A, W, &n, &n_in, &n_out)
     if dtype < 0:
         return None
-    n_in, n_out = cnp.PyArray_DIM(<cnp.ndarray> W, 0), cnp.PyArray_DIM(<cnp.ndarray> W, 1)
-    if not _plain(A, dtype, 2) or cnp.PyArray_DIM(<cnp.ndarray> A, 1) != n_in:
-        return None
-    n = cnp.PyArray_DIM(<cnp.ndarray> A, 0)
     if b is not None and not _plain_shape(b, dtype, n_out, -1):
         return None
     out = _out_buffer(out, dtype, n, n_out, (A, W, b))
@@ -940,15 +950,11 @@ def dense_backward_plain(A, W, O, grad_out, out, bint need_input_grad, bint over
     (``out``: None or a (dA, dW, db) tuple or list of buffers or Nones;
     ``grad_out`` receives delta when ``overwrite_grad_out``).  Returns
     (dA, dW, db), or None to decline."""
-    cdef int dtype = _float_dtype(W, 2)
     cdef Py_ssize_t n, n_in, n_out
     cdef double* partial
+    cdef int dtype = _plain_layer(A, W, &n, &n_in, &n_out)
     if dtype < 0:
         return None
-    n_in, n_out = cnp.PyArray_DIM(<cnp.ndarray> W, 0), cnp.PyArray_DIM(<cnp.ndarray> W, 1)
-    if not _plain(A, dtype, 2) or cnp.PyArray_DIM(<cnp.ndarray> A, 1) != n_in:
-        return None
-    n = cnp.PyArray_DIM(<cnp.ndarray> A, 0)
     if not _plain_shape(O, dtype, n, n_out):
         return None
     if overwrite_grad_out:
