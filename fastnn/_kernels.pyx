@@ -1297,19 +1297,29 @@ cdef UpdateBlock* _update_blocks(list views, list regularize, floating* dtype_ta
     return blocks
 
 
+cdef UpdateBlock* _all_blocks(list views, list regularize, bint single, Py_ssize_t* n_blocks,
+                             Py_ssize_t* total) except NULL:
+    """_update_blocks for the dtype of ``views`` (float32 when ``single``);
+    ``total`` receives the number of elements, for _threaded."""
+    cdef UpdateBlock* blocks = (
+        _update_blocks(views, regularize, <float*>NULL, n_blocks) if single
+        else _update_blocks(views, regularize, <double*>NULL, n_blocks))
+    cdef Py_ssize_t blk
+    total[0] = 0
+    for blk in range(n_blocks[0]):
+        total[0] += blocks[blk].n
+    return blocks
+
+
 def sgd_step(list views, list regularize, double lr, double momentum, bint nesterov,
              double l2, double l1):
     """One SGD update, in place, of each parameter (p, g, velocity or None) in
     ``views``, flat arrays of one dtype; l2 and l1 apply where regularize[i].
     All parameters' blocks are spread over the team in one parallel region
     (csrc/fastnn_update.h)."""
-    cdef Py_ssize_t n_blocks, blk, total = 0
-    cdef UpdateBlock* blocks
+    cdef Py_ssize_t n_blocks, blk, total
     cdef bint single = views[0][0].dtype.itemsize == 4
-    blocks = (_update_blocks(views, regularize, <float*>NULL, &n_blocks) if single
-              else _update_blocks(views, regularize, <double*>NULL, &n_blocks))
-    for blk in range(n_blocks):
-        total += blocks[blk].n
+    cdef UpdateBlock* blocks = _all_blocks(views, regularize, single, &n_blocks, &total)
     if _threaded(total, n_blocks):
         for blk in prange(n_blocks, nogil=True, schedule="static", num_threads=_n_threads):
             _sgd_block(&blocks[blk], single, lr, momentum, nesterov, l2, l1)
@@ -1337,15 +1347,11 @@ def adam_step(list views, list regularize, double lr_t, double beta1, double bet
     as sgd_step.  ``lr_t`` is the bias-corrected step size; ``decay`` = lr *
     weight_decay (decoupled, AdamW), applied before the gradient step; l2,
     l1 and decay apply where regularize[i]."""
-    cdef Py_ssize_t n_blocks, blk, total = 0
-    cdef UpdateBlock* blocks
+    cdef Py_ssize_t n_blocks, blk, total
     cdef bint single = views[0][0].dtype.itemsize == 4
     # 1 - beta in double, then rounded: 1 - <float>0.999 is off by 1.3e-5 relative.
     cdef double c1 = 1 - beta1, c2 = 1 - beta2, keep = 1 - decay
-    blocks = (_update_blocks(views, regularize, <float*>NULL, &n_blocks) if single
-              else _update_blocks(views, regularize, <double*>NULL, &n_blocks))
-    for blk in range(n_blocks):
-        total += blocks[blk].n
+    cdef UpdateBlock* blocks = _all_blocks(views, regularize, single, &n_blocks, &total)
     if _threaded(total, n_blocks):
         for blk in prange(n_blocks, nogil=True, schedule="static", num_threads=_n_threads):
             _adam_block(&blocks[blk], single, lr_t, beta1, beta2, c1, c2, eps, l2, l1, keep)
