@@ -102,15 +102,28 @@ cdef inline bint _threaded(Py_ssize_t work, Py_ssize_t n_parts) noexcept nogil:
 ctypedef int (*blas_threads_local_t)(int) noexcept nogil
 cdef blas_threads_local_t _blas_threads_local = NULL
 
+# The GEMMs of a BLAS with 64-bit integers (the Fortran interface of NumPy's
+# own OpenBLAS, for one), [float, double]; NULL: SciPy's cython_blas.
+ctypedef void (*gemm64_t)(const char*, const char*, const int64_t*, const int64_t*,
+                          const int64_t*, const void*, const void*, const int64_t*, const void*,
+                          const int64_t*, const void*, void*, const int64_t*) noexcept nogil
+cdef gemm64_t _gemm64[2]
 
-def set_blas_threads_local(size_t address):
-    """Install the address of openblas_set_num_threads_local (0 to disable)."""
+
+def set_blas(size_t sgemm64, size_t dgemm64, size_t threads_local):
+    """Install the BLAS the kernels call: the addresses of its 64-bit-integer
+    sgemm and dgemm (both 0: SciPy's cython_blas) and of the same library's
+    openblas_set_num_threads_local (0: none)."""
     global _blas_threads_local
-    _blas_threads_local = <blas_threads_local_t>address
+    if (sgemm64 == 0) != (dgemm64 == 0):
+        raise ValueError("sgemm64 and dgemm64 must both be given or both be 0")
+    _gemm64[0], _gemm64[1] = <gemm64_t>sgemm64, <gemm64_t>dgemm64
+    _blas_threads_local = <blas_threads_local_t>threads_local
 
 
-def has_blas_thread_control():
-    return _blas_threads_local != NULL
+def blas_in_use():
+    """(64-bit-integer GEMMs installed, thread-local thread control installed)."""
+    return _gemm64[0] != NULL, _blas_threads_local != NULL
 
 
 def set_threads(int n):
@@ -737,7 +750,12 @@ cdef inline void _gemm(char transa, char transb, int m, int n, int k, floating a
                        floating* c, int ldc) noexcept nogil:
     """Column-major GEMM (Fortran BLAS); callers pass row-major operands
     swapped, since a row-major C = A B is the column-major C^T = B^T A^T."""
-    if floating is float:
+    cdef int64_t m64 = m, n64 = n, k64 = k, lda64 = lda, ldb64 = ldb, ldc64 = ldc
+    cdef gemm64_t gemm64 = _gemm64[0] if floating is float else _gemm64[1]
+    if gemm64 != NULL:
+        gemm64(&transa, &transb, &m64, &n64, &k64, &alpha, a, &lda64, b, &ldb64, &beta, c,
+               &ldc64)
+    elif floating is float:
         sgemm(&transa, &transb, &m, &n, &k, &alpha, <float*>a, &lda, <float*>b, &ldb,
               &beta, c, &ldc)
     else:

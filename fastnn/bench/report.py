@@ -154,8 +154,8 @@ def environment_lines(thread_list):
         f"{np.__version__}, SciPy {scipy.__version__}" + "".join(
             f", {name} {version}" for name, version in optional_versions()),
         f"- fastnn build: OpenMP {info.get('openmp')} ({info.get('openmp_runtime')}), "
-        f"SIMD kernels {info.get('simd_kernels')}, BLAS thread control: "
-        f"{info.get('blas_thread_control')}",
+        f"SIMD kernels {info.get('simd_kernels')}, BLAS {info.get('blas')}, BLAS thread "
+        f"control: {info.get('blas_thread_control')}",
         f"- OPENBLAS_CORETYPE="
         f"{os.environ.get('OPENBLAS_CORETYPE', '(unset: OpenBLAS detects the CPU)')}, "
         f"OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', '(unset)')}, "
