@@ -311,6 +311,7 @@ cdef extern from "fastnn_simd.h" nogil:
     float fastnn_max_f(const float* z, Py_ssize_t c)
     double fastnn_max_d(const double* z, Py_ssize_t c)
     void fastnn_exp_inplace_f(float* x, Py_ssize_t n)
+    void fastnn_exp_f(const float* x, float* out, Py_ssize_t n)
     void fastnn_exp_inplace_d(double* x, Py_ssize_t n)
     Py_ssize_t fastnn_count_outside(const int64_t* x, Py_ssize_t n, int64_t c)
     void fastnn_matvec_f(const float* X, Py_ssize_t d, const float* w, double b, Py_ssize_t n,
@@ -1400,6 +1401,12 @@ def simd_variant():
 
 
 def exp_f32(const float[::1] x, float[::1] out):
-    """out = exp(x) through the (vectorised, CPU-dispatched) float32 exp loop
-    of the softmax kernels; exposed for its accuracy test."""
-    fastnn_exp_shifted_sum_f(&x[0], &out[0], x.shape[0], 0)
+    """out = exp(x) through the full-range form of the kernels' vectorised,
+    CPU-dispatched float32 exp; exposed for its accuracy test."""
+    fastnn_exp_f(&x[0], &out[0], x.shape[0])
+
+
+def exp_shifted_f32(const float[::1] x, float[::1] out, float m):
+    """out = exp(x - m) for m >= max(x), and returns its sum: the exp loop of
+    the softmax kernels itself, exposed for its accuracy test."""
+    return fastnn_exp_shifted_sum_f(&x[0], &out[0], x.shape[0], m)

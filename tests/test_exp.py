@@ -30,3 +30,36 @@ def test_exp_special_values():
     assert got[4] == 0.0 and got[7] == 0.0 and got[10] == 0.0
     # subnormal results are kept, not flushed to zero
     assert 0 < got[8] < np.finfo(np.float32).tiny and 0 < got[9] < np.finfo(np.float32).tiny
+
+
+def _exp_shifted_f32(x, m):
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    out = np.full_like(x, np.nan)
+    total = _kernels.exp_shifted_f32(x, out, m)
+    return out, total
+
+
+def test_shifted_exp_of_the_kernels_within_two_ulp():
+    # the form every kernel uses: exp(z - m), m the row max, over all of
+    # [-104, 0] (shifts of a few sizes: z - m is then rounded in float32)
+    for m in (0.0, 3.5, -1000.0):
+        x = np.float32(m) + np.linspace(-104.0, 0.0, 1_000_003, dtype=np.float32)
+        x = np.minimum(x, np.float32(m))
+        got, total = _exp_shifted_f32(x, m)
+        exact = np.exp((x - np.float32(m)).astype(np.float64))
+        ulp = np.spacing(exact.astype(np.float32)).astype(np.float64)
+        err_ulp = np.abs(got - exact) / ulp
+        assert err_ulp.max() <= 2.0, f"m={m}: max error {err_ulp.max():.2f} ulp"
+        np.testing.assert_allclose(total, exact.sum(), rtol=1e-5)
+
+
+def test_shifted_exp_special_values():
+    got, total = _exp_shifted_f32([0.0, -0.0, -np.inf, -87.4, -103.0, -105.0, -1e30], 0.0)
+    assert got[0] == 1.0 and got[1] == 1.0
+    assert got[2] == 0.0 and got[5] == 0.0 and got[6] == 0.0
+    assert 0 < got[3] < np.finfo(np.float32).tiny and 0 < got[4] < np.finfo(np.float32).tiny
+    assert total == np.float32(2.0) + got[3] + got[4]
+    # a NaN argument gives NaN, and so a NaN sum: the softmax NaN-row policy
+    got, total = _exp_shifted_f32([-1.0, np.nan, -2.0], 0.0)
+    assert np.isnan(got[1]) and np.isnan(total)
+    assert abs(got[0] - np.exp(-1.0)) <= 2 * np.spacing(np.float32(np.exp(-1.0)))
