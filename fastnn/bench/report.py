@@ -284,7 +284,10 @@ def measure_ceilings(n_threads, repeats, sgemm_n, stream_elements):
         copy_s = best_time(parallel(copy_part), repeats)
         triad_s = best_time(parallel(triad_part), repeats)
     nbytes = stream_elements * 4
+    # the machine's ceiling: the faster of the two libraries (fastnn calls the
+    # newer one, see fastnn._config._choose_blas)
     return {"sgemm_scipy": flops / scipy_s / 1e9, "sgemm_numpy": flops / numpy_s / 1e9,
+            "sgemm": flops / min(scipy_s, numpy_s) / 1e9,
             "copy": 2 * nbytes / copy_s / 1e9, "triad": 3 * nbytes / triad_s / 1e9}
 
 
@@ -378,10 +381,10 @@ def workload_table(workload, results, ceilings, peers=None):
         ceiling = ceilings.get(n)
         if workload in ("dense", "mlp_epoch"):
             gflops = W.gflop(workload, shape) / fast if fast else None
-            share = gflops / ceiling["sgemm_scipy"] if gflops and ceiling else None
+            share = gflops / ceiling["sgemm"] if gflops and ceiling else None
             row += [f"{gflops:.1f}" if gflops else "—", f"{share:.0%}" if share else "—"]
         if workload == "mlp_epoch":
-            floor = W.gflop(workload, shape) / ceiling["sgemm_scipy"] if ceiling else None
+            floor = W.gflop(workload, shape) / ceiling["sgemm"] if ceiling else None
             row += [fmt_time(floor), fmt_ratio(fast / floor if fast and floor else None)]
         if has_floor:
             nbytes = memory_floor_bytes(workload, shape)
@@ -525,8 +528,9 @@ def run(args):
         size = f"sgemm {profile.sgemm_n}³" + (
             f" (smaller than the full run's {FULL_SGEMM_N}³)"
             if profile.sgemm_n != FULL_SGEMM_N else "")
-        out(f"\n## Machine ceilings\n\n{size}, 2·n³ flops, through SciPy's BLAS (the one "
-            "fastnn calls) and NumPy's; memory bandwidth of a copy (read + write "
+        out(f"\n## Machine ceilings\n\n{size}, 2·n³ flops, through SciPy's BLAS and NumPy's "
+            "(fastnn calls the newer: see 'fastnn build' above), the faster of the two taken as "
+            "the sgemm ceiling below; memory bandwidth of a copy (read + write "
             f"{profile.stream_elements * 4 / 2**20:g} MiB) and a triad a = b + s·c (3 streams), "
             "NumPy loops on n Python threads; the best of the repeats.\n")
         out(table(["threads", "sgemm GFLOP/s (SciPy BLAS)", "sgemm GFLOP/s (NumPy BLAS)",
