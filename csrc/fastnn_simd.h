@@ -1,11 +1,11 @@
 /* Vectorisable inner loops of the row kernels (softmax, cross-entropy, logistic).
  *
  * libm's expf is a scalar call, which keeps GCC from vectorising a loop that
- * contains it; fastnn_expf_nonpositive below is branch-free arithmetic that it can.  The
- * reductions use `omp simd reduction`, which vectorises a sum or a max in a
- * fixed, compile-time order without any value-changing compiler flag (the
- * package is built without -ffast-math / -fassociative-math), so the results
- * do not depend on the thread count.
+ * contains it; fastnn_expf_nonpositive below is branch-free arithmetic that
+ * it can.  The reductions use `omp simd reduction`, which vectorises a sum or
+ * a max in a fixed, compile-time order without any value-changing compiler
+ * flag (the package is built without -ffast-math / -fassociative-math), so
+ * the results do not depend on the thread count.
  *
  * setup.py compiles the whole kernel module once per instruction-set level
  * (-march=x86-64, x86-64-v3, x86-64-v4 on x86-64 Linux) and fastnn/_kernels.py
@@ -252,8 +252,8 @@ FASTNN_DEFINE_VECMAT(fastnn_vecmat_d, double)
 /* Logistic loss and residual of n <= 1000 rows from their logits z, float32:
  * r[i] = w_i (sigmoid(z_i) - t_i), and returns (in double)
  * sum_i w_i (max(z_i, 0) - t_i z_i + log1p(exp(-|z_i|))); sw NULL: w_i = 1;
- * e is scratch for n floats.  The exp is fastnn_expf_nonpositive, vectorised over the
- * rows.  With q = e / (1 + e), sigmoid - t is (1 - t) - q for z >= 0 and
+ * e is scratch for n floats.  The exp is fastnn_expf_nonpositive, vectorised
+ * over the rows.  With q = e / (1 + e), sigmoid - t is (1 - t) - q for z >= 0 and
  * q - t below: no cancellation where sigmoid rounds to 1.  Unweighted, the
  * log1p terms are summed as the log of the product of the factors 1 + e
  * (each in (1, 2], so n <= 1000 of them cannot overflow; one log per call

@@ -83,18 +83,40 @@ def _symbols(lib, *names):
         return None
 
 
-# How OpenBLAS builds with 64-bit integers name their Fortran GEMMs: NumPy's
-# wheels (scipy-openblas64) and Linux distributions' openblas64.
-_GEMM64_NAMES = (("scipy_sgemm_64_", "scipy_dgemm_64_"), ("sgemm_64_", "dgemm_64_"))
+def _openblas_symbol(lib, name, suffixes=("", "64_")):
+    """The address of OpenBLAS's ``name`` in ``lib``, under the spellings of
+    its builds (plain, or with the scipy_ prefix of NumPy's and SciPy's
+    wheels; the 64_ suffix of 64-bit-integer builds), or None."""
+    for prefix in ("", "scipy_"):
+        for suffix in suffixes:
+            found = _symbols(lib, prefix + name + suffix)
+            if found is not None:
+                return found[0]
+    return None
 
 
 def _gemm64(lib):
     """(sgemm, dgemm) addresses of ``lib``'s 64-bit-integer GEMMs, or None."""
-    for names in _GEMM64_NAMES:
-        found = _symbols(lib, *names)
-        if found is not None:
-            return found
-    return None
+    found = [_openblas_symbol(lib, name, ("64_",)) for name in ("sgemm_", "dgemm_")]
+    return None if None in found else found
+
+
+def _thread_control(lib):
+    """set_blas's (threads_local, get_threads, set_threads) for ``lib``: the
+    thread-local setter of an OpenMP (or sequential) OpenBLAS, the global
+    getter and setter of a pthreads one (where the "local" setter is global),
+    zeros for anything else."""
+    if lib is None or lib.get("internal_api") != "openblas":
+        return 0, 0, 0
+    get_parallel = _openblas_symbol(lib, "openblas_get_parallel")
+    mode = ctypes.CFUNCTYPE(ctypes.c_int)(get_parallel)() if get_parallel else None
+    if mode == 1:
+        pair = [_openblas_symbol(lib, name) for name in ("openblas_get_num_threads",
+                                                        "openblas_set_num_threads")]
+        return (0, 0, 0) if None in pair else (0, *pair)
+    if mode in (0, 2):
+        return _openblas_symbol(lib, "openblas_set_num_threads_local") or 0, 0, 0
+    return 0, 0, 0
 
 
 def _choose_blas(libs):
@@ -118,16 +140,13 @@ def _choose_blas(libs):
 def _install_blas(lib):
     """Point the kernels at ``lib`` (a record from _loaded_blas, or None for
     SciPy's cython_blas without thread control): at its 64-bit-integer GEMMs
-    unless it is SciPy's own copy or has none, with its thread-local
-    thread setter when it is OpenBLAS.  With that setter every BLAS call
-    fastnn makes uses fastnn's thread budget without changing the BLAS's
-    global setting that NumPy/SciPy users rely on."""
+    unless it is SciPy's own copy or has none, with its thread control
+    (_thread_control).  With that every BLAS call fastnn makes runs on one
+    thread inside fastnn's team, and the BLAS's own setting that NumPy/SciPy
+    users rely on is theirs again when fastnn returns."""
     global _BLAS
     gemm = None if lib is None or _is_scipys(lib) else _gemm64(lib)
-    setter = None
-    if lib is not None and lib.get("internal_api") == "openblas":
-        setter = _symbols(lib, "openblas_set_num_threads_local")
-    _kernels.set_blas(*(gemm or (0, 0)), setter[0] if setter else 0)
+    _kernels.set_blas(*(gemm or (0, 0)), *_thread_control(lib))
     _BLAS = lib
 
 
@@ -225,8 +244,11 @@ def build_info():
         info["blas"] = (f"{_BLAS['internal_api']} {_BLAS['version']} "
                         f"({_BLAS.get('architecture', '?')}, {_BLAS['filepath']}, "
                         + ("64-bit-integer GEMM)" if gemm64 else "scipy.linalg.cython_blas)"))
-    info["blas_thread_control"] = ("thread-local: BLAS runs inside fastnn's OpenMP team"
-                                   if thread_control else "none: BLAS uses its own threads")
+    info["blas_thread_control"] = {
+        "thread-local": "thread-local: one BLAS thread per call, inside fastnn's OpenMP team",
+        "global": "global: one BLAS thread per call, inside fastnn's OpenMP team; the BLAS's "
+                  "own count restored when fastnn's product ends",
+        None: "none: BLAS uses its own threads"}[thread_control]
     return info
 
 

@@ -22,6 +22,8 @@ from libc.math cimport (exp, expf, log, logf, log1p, log1pf, tanh, tanhf, sqrt, 
 from libc.stdint cimport int64_t
 from libc.stdlib cimport malloc, calloc, free
 from libc.string cimport memset
+from cpython.pythread cimport (PyThread_type_lock, PyThread_allocate_lock,
+                               PyThread_acquire_lock, PyThread_release_lock, WAIT_LOCK)
 from scipy.linalg.cython_blas cimport sgemm, dgemm
 cimport numpy as cnp
 
@@ -94,13 +96,28 @@ cdef inline bint _threaded(Py_ssize_t work, Py_ssize_t n_parts) noexcept nogil:
     result, is the same either way."""
     return _n_threads > 1 and n_parts > 1 and work >= MIN_PARALLEL_WORK
 
-# OpenBLAS's openblas_set_num_threads_local(n) -> previous (thread-local).
-# With it every BLAS call fastnn makes runs inside fastnn's own OpenMP team,
-# one single-threaded BLAS call per thread on its block, so the two runtimes
-# never compete for the cores.  NULL (another BLAS): BLAS is called from the
-# calling thread only, with its own threading.
+# Every BLAS call fastnn makes runs on one thread, inside fastnn's own OpenMP
+# team (one call per thread on its block), so that the two runtimes never
+# compete for the cores.  How depends on how OpenBLAS was built:
+#  - with OpenMP: openblas_set_num_threads_local(1) -> previous around each
+#    call, in the thread making it (a thread-local count there);
+#  - with pthreads (NumPy's and SciPy's wheels): that function sets the
+#    library's global count instead, so calls from the team would race on it
+#    (measured: NumPy's matmul left on one thread after a two-thread fastnn
+#    layer).  The calling thread sets the global count to 1 around each
+#    product instead, and the last of concurrent products restores it
+#    (a counter under a lock), so NumPy's setting is back when fastnn returns.
+# Neither (another BLAS): BLAS is called from the calling thread only, with
+# its own threading.
 ctypedef int (*blas_threads_local_t)(int) noexcept nogil
+ctypedef int (*blas_get_threads_t)() noexcept nogil
+ctypedef void (*blas_set_threads_t)(int) noexcept nogil
 cdef blas_threads_local_t _blas_threads_local = NULL
+cdef blas_get_threads_t _blas_get_threads = NULL
+cdef blas_set_threads_t _blas_set_threads = NULL
+cdef PyThread_type_lock _blas_lock = PyThread_allocate_lock()
+cdef int _blas_users = 0           # fastnn products running (pthreads OpenBLAS)
+cdef int _blas_saved_threads = 0   # the global count they found
 
 # The GEMMs of a BLAS with 64-bit integers (the Fortran interface of NumPy's
 # own OpenBLAS, for one), [float, double]; NULL: SciPy's cython_blas.
@@ -110,20 +127,61 @@ ctypedef void (*gemm64_t)(const char*, const char*, const int64_t*, const int64_
 cdef gemm64_t _gemm64[2]
 
 
-def set_blas(size_t sgemm64, size_t dgemm64, size_t threads_local):
+def set_blas(size_t sgemm64, size_t dgemm64, size_t threads_local, size_t get_threads,
+             size_t set_threads):
     """Install the BLAS the kernels call: the addresses of its 64-bit-integer
-    sgemm and dgemm (both 0: SciPy's cython_blas) and of the same library's
-    openblas_set_num_threads_local (0: none)."""
-    global _blas_threads_local
-    if (sgemm64 == 0) != (dgemm64 == 0):
-        raise ValueError("sgemm64 and dgemm64 must both be given or both be 0")
+    sgemm and dgemm (both 0: SciPy's cython_blas), and its thread control:
+    openblas_set_num_threads_local for an OpenMP build, or
+    openblas_get_num_threads and openblas_set_num_threads for a pthreads
+    build (0: none)."""
+    global _blas_threads_local, _blas_get_threads, _blas_set_threads
+    if (sgemm64 == 0) != (dgemm64 == 0) or (get_threads == 0) != (set_threads == 0):
+        raise ValueError("sgemm64 and dgemm64, get_threads and set_threads: both or neither")
+    if threads_local != 0 and set_threads != 0:
+        raise ValueError("one thread control: threads_local or get/set_threads")
+    if _blas_users != 0:
+        raise RuntimeError("the BLAS cannot be changed while fastnn products run")
     _gemm64[0], _gemm64[1] = <gemm64_t>sgemm64, <gemm64_t>dgemm64
     _blas_threads_local = <blas_threads_local_t>threads_local
+    _blas_get_threads = <blas_get_threads_t>get_threads
+    _blas_set_threads = <blas_set_threads_t>set_threads
 
 
 def blas_in_use():
-    """(64-bit-integer GEMMs installed, thread-local thread control installed)."""
-    return _gemm64[0] != NULL, _blas_threads_local != NULL
+    """(64-bit-integer GEMMs installed, thread control: "thread-local",
+    "global" or None)."""
+    control = ("thread-local" if _blas_threads_local != NULL
+               else "global" if _blas_set_threads != NULL else None)
+    return _gemm64[0] != NULL, control
+
+
+cdef inline bint _blas_thread_control() noexcept nogil:
+    return _blas_threads_local != NULL or _blas_set_threads != NULL
+
+
+cdef void _blas_product_begin() noexcept nogil:
+    """Before a product's BLAS calls, in the calling thread (pthreads build)."""
+    global _blas_users, _blas_saved_threads
+    if _blas_set_threads == NULL:
+        return
+    PyThread_acquire_lock(_blas_lock, WAIT_LOCK)
+    if _blas_users == 0:
+        _blas_saved_threads = _blas_get_threads()
+        if _blas_saved_threads != 1:
+            _blas_set_threads(1)
+    _blas_users += 1
+    PyThread_release_lock(_blas_lock)
+
+
+cdef void _blas_product_end() noexcept nogil:
+    global _blas_users
+    if _blas_set_threads == NULL:
+        return
+    PyThread_acquire_lock(_blas_lock, WAIT_LOCK)
+    _blas_users -= 1
+    if _blas_users == 0 and _blas_saved_threads != 1:
+        _blas_set_threads(_blas_saved_threads)
+    PyThread_release_lock(_blas_lock)
 
 
 def set_threads(int n):
@@ -804,7 +862,7 @@ cdef inline TileGrid _tile_grid(Py_ssize_t m, Py_ssize_t n, Py_ssize_t k) noexce
     cdef TileGrid g
     g.m, g.n = m, n
     g.row_tiles = g.col_tiles = 1
-    if _blas_threads_local != NULL and m * n * k >= MIN_PARALLEL_GEMM:
+    if _blas_thread_control() and m * n * k >= MIN_PARALLEL_GEMM:
         g.row_tiles = _cdiv(m, GEMM_TILE_ROWS)
         g.col_tiles = _cdiv(n, GEMM_TILE_COLS)
         while g.row_tiles * g.col_tiles < GEMM_MIN_TILES:
@@ -868,12 +926,14 @@ cdef void _gemm_tiled(bint trans_a, bint trans_b, Py_ssize_t m, Py_ssize_t n, Py
     result is the same), each on single-threaded BLAS."""
     cdef TileGrid g = _tile_grid(m, n, k)
     cdef Py_ssize_t n_tiles = g.row_tiles * g.col_tiles, t
+    _blas_product_begin()
     if _n_threads > 1 and n_tiles > 1:    # the grid already has one tile below the threshold
         for t in prange(n_tiles, schedule="dynamic", num_threads=_n_threads):
             _gemm_tile(&g, t, trans_a, trans_b, k, A, lda, B, ldb, C, ldc, bias, kind, alpha)
     else:
         for t in range(n_tiles):
             _gemm_tile(&g, t, trans_a, trans_b, k, A, lda, B, ldb, C, ldc, bias, kind, alpha)
+    _blas_product_end()
 
 
 def dense_forward(const floating[:, ::1] A, const floating[:, ::1] W, const floating[::1] b,

@@ -1,7 +1,11 @@
 """Which BLAS the matrix products run on: the choice between the loaded
-libraries, and the products right on each of them."""
+libraries, the products right on each of them, and the BLAS's own thread
+setting left as fastnn found it."""
+import threading
+
 import numpy as np
 import pytest
+from threadpoolctl import threadpool_info
 
 import fastnn
 from fastnn import _config, _kernels
@@ -54,8 +58,12 @@ def test_scipys_blas_is_kept_otherwise(exports_gemm64):
 
 
 def test_installing_a_blas_without_both_gemms_is_refused():
-    with pytest.raises(ValueError, match="sgemm64 and dgemm64"):
-        _kernels.set_blas(1, 0, 0)
+    with pytest.raises(ValueError, match="both or neither"):
+        _kernels.set_blas(1, 0, 0, 0, 0)
+    with pytest.raises(ValueError, match="both or neither"):
+        _kernels.set_blas(0, 0, 0, 0, 1)
+    with pytest.raises(ValueError, match="one thread control"):
+        _kernels.set_blas(0, 0, 1, 1, 1)
 
 
 def _backends():
@@ -85,7 +93,7 @@ def test_the_chosen_blas_is_installed_and_reported():
         return
     assert _config._BLAS["filepath"] == lib["filepath"]
     assert gemm64 == (not _config._is_scipys(lib))
-    assert thread_control == (lib["internal_api"] == "openblas")
+    assert (thread_control is not None) == (lib["internal_api"] == "openblas")
     info = fastnn.build_info()
     assert lib["filepath"] in info["blas"]
     assert ("64-bit-integer GEMM" if gemm64 else "cython_blas") in info["blas"]
@@ -106,3 +114,42 @@ def test_products_on_every_blas_are_thread_independent(blas, rng, dtype):
     A, W, b, O, G = dense_data(rng, 300, 517, 203, dtype, "relu")
     assert_thread_independent(lambda: F.dense_forward(A, W, b, "relu"))
     assert_thread_independent(lambda: F.dense_backward(A, W, O, G, "relu"))
+
+
+def _blas_thread_counts():
+    return {lib["filepath"]: lib["num_threads"] for lib in threadpool_info()
+            if lib["user_api"] == "blas"}
+
+
+@pytest.mark.parametrize("n_threads", (1, 2))
+def test_products_leave_the_blas_thread_setting_as_found(blas, rng, n_threads):
+    # OpenBLAS built with pthreads (NumPy's and SciPy's wheels) has one global
+    # thread count: fastnn sets it to 1 while its products run, and must give
+    # the user's setting back, however its team's threads interleave
+    A, W, b, O, G = dense_data(rng, 512, 300, 256, np.float32, "relu")
+    before = _blas_thread_counts()
+    with fastnn.num_threads(n_threads):
+        for _ in range(20):
+            F.dense_backward(A, W, F.dense_forward(A, W, b, "relu"), G, "relu")
+    assert _blas_thread_counts() == before
+
+
+def test_concurrent_products_leave_the_blas_thread_setting_as_found(blas, rng):
+    A, W, b, O, G = dense_data(rng, 256, 300, 200, np.float32, "relu")
+    before = _blas_thread_counts()
+    errors = []
+
+    def train():
+        try:
+            for _ in range(30):
+                F.dense_backward(A, W, O, G, "relu")
+        except Exception as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+    workers = [threading.Thread(target=train) for _ in range(4)]
+    with fastnn.num_threads(2):
+        for worker in workers:
+            worker.start()
+        for worker in workers:
+            worker.join()
+    assert not errors
+    assert _blas_thread_counts() == before
