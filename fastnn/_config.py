@@ -4,10 +4,12 @@ fastnn's OpenMP kernels and the BLAS calls they make share one thread budget.
 It comes from, in order: ``set_num_threads``/``num_threads``, the
 ``FASTNN_NUM_THREADS`` environment variable, ``OMP_NUM_THREADS``, and the
 size of the process's CPU affinity mask.  fastnn never rewrites the user's
-``OMP_*``/``OPENBLAS_*`` variables nor the BLAS's global thread count: with
-OpenBLAS, the BLAS calls fastnn makes are issued from inside its
-own OpenMP team with a thread-local BLAS thread count, so OpenMP and BLAS
-threads never compete for the cores.
+``OMP_*``/``OPENBLAS_*`` variables.  With OpenBLAS, the BLAS calls fastnn
+makes are issued from inside its own OpenMP team on one BLAS thread each, so
+OpenMP and BLAS threads never compete for the cores: through a thread-local
+BLAS thread count, or, where OpenBLAS has only a global one (its pthreads
+builds), by holding that at one only while fastnn's products run and giving
+the user's value back (``_kernels.set_blas``).
 """
 import contextlib
 import ctypes
