@@ -68,6 +68,11 @@ cdef enum:
     GEMM_TILE_COLS = 256
     GEMM_MIN_TILES = 2
     GEMM_MIN_TILE_SIDE = 32
+    # fastnn's AVX-512 GEMM takes the float32 products (tiles) with at least
+    # this many rows, columns and terms: it packs its operands, which smaller
+    # ones do not repay (measured against single-threaded OpenBLAS on its
+    # AVX2 kernels: 1.2-1.8x faster above, 0.4-0.9x below on 1-16 rows).
+    OWN_GEMM_MIN_SIDE = 32
 
 # Loss codes: pointwise_loss's ``which`` (functional.py passes 0 and 1) and
 # dense_stack_step's ``loss``.
@@ -877,17 +882,47 @@ cdef inline TileGrid _tile_grid(Py_ssize_t m, Py_ssize_t n, Py_ssize_t k) noexce
     return g
 
 
-cdef inline int _narrow_product(bint trans_a, bint trans_b, Py_ssize_t m, Py_ssize_t n,
-                                Py_ssize_t k, const floating* A, Py_ssize_t lda,
-                                const floating* B, Py_ssize_t ldb, floating* C,
-                                Py_ssize_t ldc) noexcept nogil:
-    """C = op(A) op(B) on fastnn_narrow_f where it was measured to beat BLAS
-    (float32, at most FASTNN_NARROW_F columns; dW-type products, op(A) = A^T,
-    from 1 column, forward products from 9): returns 0 when done, else -1 and
-    BLAS computes it."""
+cdef extern from "fastnn_gemm.h" nogil:
+    int FASTNN_HAVE_GEMM_F
+    int fastnn_gemm_f(int trans_a, int trans_b, Py_ssize_t m, Py_ssize_t n, Py_ssize_t k,
+                      const float* A, Py_ssize_t lda, const float* B, Py_ssize_t ldb, float* C,
+                      Py_ssize_t ldc)
+
+# fastnn's AVX-512 GEMM (x86-64-v4 variant only) for the float32 products it
+# takes; off: BLAS (for comparisons and tests).
+cdef bint _own_gemm = FASTNN_HAVE_GEMM_F
+
+
+def own_gemm(on=None):
+    """Whether float32 products run on fastnn's AVX-512 GEMM (compiled into
+    the x86-64-v4 variant only) rather than BLAS; ``on`` sets it.  Returns the
+    previous setting."""
+    global _own_gemm
+    previous = bool(_own_gemm)
+    if on is not None:
+        if on and not FASTNN_HAVE_GEMM_F:
+            raise ValueError("fastnn's GEMM is not compiled into the "
+                             f"{fastnn_simd_variant().decode()} variant")
+        if _blas_users != 0:
+            raise RuntimeError("the GEMM cannot be changed while fastnn products run")
+        _own_gemm = bool(on)
+    return previous
+
+
+cdef inline int _own_product(bint trans_a, bint trans_b, Py_ssize_t m, Py_ssize_t n,
+                             Py_ssize_t k, const floating* A, Py_ssize_t lda,
+                             const floating* B, Py_ssize_t ldb, floating* C,
+                             Py_ssize_t ldc) noexcept nogil:
+    """C = op(A) op(B) on fastnn's own float32 GEMMs where they were measured
+    to beat BLAS: fastnn_narrow_f for at most FASTNN_NARROW_F columns (dW-type
+    products, op(A) = A^T, from 1 column, forward products from 9), else
+    fastnn_gemm_f on AVX-512 from OWN_GEMM_MIN_SIDE on every side.  Returns 0
+    when done, else -1 and BLAS computes it."""
     if floating is float:
         if not trans_b and n <= FASTNN_NARROW_F and (trans_a or 2 * n > FASTNN_NARROW_F):
             return fastnn_narrow_f(trans_a, m, n, k, A, lda, B, ldb, C, ldc)
+        if _own_gemm and min(m, n, k) >= OWN_GEMM_MIN_SIDE:
+            return fastnn_gemm_f(trans_a, trans_b, m, n, k, A, lda, B, ldb, C, ldc)
     return -1
 
 
@@ -906,7 +941,7 @@ cdef void _gemm_tile(const TileGrid* g, Py_ssize_t t, bint trans_a, bint trans_b
     cdef int previous
     if i1 <= i0 or j1 <= j0:
         return
-    if _narrow_product(trans_a, trans_b, i1 - i0, j1 - j0, k, a, lda, b, ldb,
+    if _own_product(trans_a, trans_b, i1 - i0, j1 - j0, k, a, lda, b, ldb,
                        C + i0 * ldc + j0, ldc) != 0:
         previous = _blas_single_begin()
         _gemm(c'T' if trans_b else c'N', c'T' if trans_a else c'N', <int>(j1 - j0),
@@ -934,6 +969,20 @@ cdef void _gemm_tiled(bint trans_a, bint trans_b, Py_ssize_t m, Py_ssize_t n, Py
         for t in range(n_tiles):
             _gemm_tile(&g, t, trans_a, trans_b, k, A, lda, B, ldb, C, ldc, bias, kind, alpha)
     _blas_product_end()
+
+
+def product(const floating[:, ::1] A, const floating[:, ::1] B, floating[:, ::1] out,
+            bint trans_a, bint trans_b):
+    """out = op(A) op(B), op a transpose where asked: the products of the
+    dense kernels on their own (tiles, threads, fastnn's GEMMs or BLAS), for
+    tests and measurements.  Shapes are the caller's to check."""
+    cdef Py_ssize_t m = out.shape[0], n = out.shape[1]
+    cdef Py_ssize_t k = A.shape[0] if trans_a else A.shape[1]
+    if out.shape[0] == 0 or out.shape[1] == 0:
+        return
+    with nogil:
+        _gemm_tiled(trans_a, trans_b, m, n, k, &A[0, 0], A.shape[1], &B[0, 0], B.shape[1],
+                    &out[0, 0], n, NULL, IDENTITY, 0)
 
 
 def dense_forward(const floating[:, ::1] A, const floating[:, ::1] W, const floating[::1] b,

@@ -1,0 +1,185 @@
+/* float32 matrix products on AVX-512: fastnn's own GEMM where the CPU has it.
+ *
+ * The OpenBLAS that NumPy and SciPy bundle runs its AVX2 kernels on many
+ * AVX-512 machines (OPENBLAS_CORETYPE=Haswell, or a CPU it does not know),
+ * half of what the cores can do.  This GEMM, compiled only into the
+ * x86-64-v4 variant of the kernels, uses the 512-bit registers: the operands
+ * are packed (B in k x NR column panels that stay in L1, A in k x MR row
+ * panels), and a micro-kernel keeps an MR x NR block of C in 2 * MR zmm
+ * registers, updated by broadcast multiply-adds.
+ *
+ * Row-major.  Each element of C is one dot product summed in order over p,
+ * the k range cut into blocks that depend on k alone, so results do not
+ * depend on how the caller tiles C over threads.
+ */
+#ifndef FASTNN_GEMM_H
+#define FASTNN_GEMM_H
+
+#include <stddef.h>
+#include <stdlib.h>
+
+#if defined(__AVX512F__)
+#include <immintrin.h>
+
+enum { FASTNN_HAVE_GEMM_F = 1 };
+
+enum {
+    GEMM_MR = 8,     /* rows of C per micro-kernel call */
+    GEMM_NR = 32,    /* columns: two zmm registers */
+    GEMM_KC = 384,   /* k block: a B panel, KC x NR floats = 48 KiB, in L1/L2 */
+    GEMM_MC = 256,   /* rows of A packed at a time: MC x KC floats in L2 */
+};
+
+/* C[0:mr, 0:nr] (+)= Ap (kc x MR) * Bp (kc x NR), mr <= MR, nr <= 16 * nv:
+ * nv = 2 zmm columns, or 1 for a last panel of at most 16 columns (a
+ * constant where it is called, so each inlined copy keeps only its own). */
+static inline void fastnn_gemm_kernel_f(ptrdiff_t kc, const float *Ap, const float *Bp,
+                                        float *C, ptrdiff_t ldc, int mr, int nr,
+                                        int accumulate, const int nv)
+{
+    __m512 c[GEMM_MR][2];
+    for (int r = 0; r < GEMM_MR; r++)
+        c[r][0] = c[r][1] = _mm512_setzero_ps();
+    for (ptrdiff_t p = 0; p < kc; p++) {
+        const float *a = Ap + p * GEMM_MR;
+        for (int v = 0; v < nv; v++) {
+            const __m512 b = _mm512_load_ps(Bp + p * GEMM_NR + 16 * v);
+            for (int r = 0; r < GEMM_MR; r++)
+                c[r][v] = _mm512_fmadd_ps(_mm512_set1_ps(a[r]), b, c[r][v]);
+        }
+    }
+    for (int v = 0; v < nv; v++) {
+        /* the columns of this vector to store */
+        const int cols = nr - 16 * v;
+        const __mmask16 mask = cols >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << cols) - 1);
+        for (int r = 0; r < mr; r++) {
+            float *cr = C + r * ldc + 16 * v;
+            __m512 x = c[r][v];
+            if (accumulate)
+                x = _mm512_add_ps(x, _mm512_maskz_loadu_ps(mask, cr));
+            _mm512_mask_storeu_ps(cr, mask, x);
+        }
+    }
+}
+
+/* Bp = op(B)[p0:p0+kc, 0:n] as ceil(n / NR) panels of kc x NR (zeros beyond
+ * n); op(B)(p, j) = B[p * sp + j * sj].  Read along whichever of p and j
+ * is contiguous in B. */
+static void fastnn_gemm_pack_b(const float *B, ptrdiff_t sp, ptrdiff_t sj, ptrdiff_t p0,
+                               ptrdiff_t kc, ptrdiff_t n, float *Bp)
+{
+    for (ptrdiff_t j0 = 0; j0 < n; j0 += GEMM_NR, Bp += kc * GEMM_NR) {
+        const ptrdiff_t nr = n - j0 < GEMM_NR ? n - j0 : GEMM_NR;
+        const float *b = B + p0 * sp + j0 * sj;
+        if (sj == 1) {
+            for (ptrdiff_t p = 0; p < kc; p++) {
+                ptrdiff_t j = 0;
+                for (; j < nr; j++) Bp[p * GEMM_NR + j] = b[p * sp + j];
+                for (; j < GEMM_NR; j++) Bp[p * GEMM_NR + j] = 0.0f;
+            }
+        } else {    /* B^T: gather the row of each 16 columns */
+            const __m512i lane = _mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2,
+                                                  1, 0);
+            for (int v = 0; v < GEMM_NR / 16; v++) {
+                const ptrdiff_t cols = nr - 16 * v;
+                const __mmask16 mask = cols >= 16 ? (__mmask16)0xFFFF
+                                       : cols > 0 ? (__mmask16)((1u << cols) - 1) : 0;
+                const __m512i idx = _mm512_mullo_epi32(lane, _mm512_set1_epi32((int)sj));
+                const float *bv = b + 16 * v * sj;
+                for (ptrdiff_t p = 0; p < kc; p++)
+                    _mm512_store_ps(Bp + p * GEMM_NR + 16 * v,
+                                    _mm512_mask_i32gather_ps(_mm512_setzero_ps(), mask, idx,
+                                                             bv + p * sp, 4));
+            }
+        }
+    }
+}
+
+/* Ap = op(A)[i0:i0+mc, p0:p0+kc] as ceil(mc / MR) panels of kc x MR (zero
+ * rows beyond mc); op(A)(i, p) = A[i * si + p * sp]. */
+static void fastnn_gemm_pack_a(const float *A, ptrdiff_t si, ptrdiff_t sp, ptrdiff_t i0,
+                               ptrdiff_t mc, ptrdiff_t p0, ptrdiff_t kc, float *Ap)
+{
+    for (ptrdiff_t ir = 0; ir < mc; ir += GEMM_MR, Ap += kc * GEMM_MR) {
+        const ptrdiff_t mr = mc - ir < GEMM_MR ? mc - ir : GEMM_MR;
+        const float *a = A + (i0 + ir) * si + p0 * sp;
+        for (ptrdiff_t p = 0; p < kc; p++) {
+            float *dst = Ap + p * GEMM_MR;
+            ptrdiff_t r = 0;
+            for (; r < mr; r++) dst[r] = a[r * si + p * sp];
+            for (; r < GEMM_MR; r++) dst[r] = 0.0f;
+        }
+    }
+}
+
+/* C (m x n) = op(A) (m x k) op(B) (k x n); op(A) is A (m x k, lda) or, with
+ * trans_a, the transpose of A (k x m, lda); op(B) likewise.  Returns 0, or
+ * -1 when the packing buffers cannot be allocated (C untouched). */
+static int fastnn_gemm_f(int trans_a, int trans_b, ptrdiff_t m, ptrdiff_t n, ptrdiff_t k,
+                         const float *A, ptrdiff_t lda, const float *B, ptrdiff_t ldb,
+                         float *C, ptrdiff_t ldc)
+{
+    if (m <= 0 || n <= 0)
+        return 0;
+    if (k <= 0) {
+        for (ptrdiff_t i = 0; i < m; i++)
+            for (ptrdiff_t j = 0; j < n; j++) C[i * ldc + j] = 0.0f;
+        return 0;
+    }
+    /* k blocks of near-equal size, a function of k alone */
+    const ptrdiff_t k_blocks = (k + GEMM_KC - 1) / GEMM_KC;
+    const ptrdiff_t kc_max = (k + k_blocks - 1) / k_blocks;
+    const ptrdiff_t n_pad = (n + GEMM_NR - 1) / GEMM_NR * GEMM_NR;
+    const ptrdiff_t mc_max = m < GEMM_MC ? m : GEMM_MC;
+    const ptrdiff_t mc_pad = (mc_max + GEMM_MR - 1) / GEMM_MR * GEMM_MR;
+    float *Bp = (float *)aligned_alloc(64, (size_t)(kc_max * n_pad) * sizeof(float));
+    /* aligned_alloc takes a multiple of the alignment: 16 floats */
+    float *Ap = (float *)aligned_alloc(64, (size_t)((kc_max * mc_pad + 15) / 16 * 16)
+                                               * sizeof(float));
+    if (Bp == NULL || Ap == NULL) {
+        free(Bp);
+        free(Ap);
+        return -1;
+    }
+    const ptrdiff_t a_si = trans_a ? 1 : lda, a_sp = trans_a ? lda : 1;
+    const ptrdiff_t b_sp = trans_b ? 1 : ldb, b_sj = trans_b ? ldb : 1;
+    for (ptrdiff_t p0 = 0; p0 < k; p0 += kc_max) {
+        const ptrdiff_t kc = k - p0 < kc_max ? k - p0 : kc_max;
+        fastnn_gemm_pack_b(B, b_sp, b_sj, p0, kc, n, Bp);
+        for (ptrdiff_t i0 = 0; i0 < m; i0 += GEMM_MC) {
+            const ptrdiff_t mc = m - i0 < GEMM_MC ? m - i0 : GEMM_MC;
+            fastnn_gemm_pack_a(A, a_si, a_sp, i0, mc, p0, kc, Ap);
+            for (ptrdiff_t j0 = 0; j0 < n; j0 += GEMM_NR) {
+                const int nr = (int)(n - j0 < GEMM_NR ? n - j0 : GEMM_NR);
+                const float *bp = Bp + j0 * kc;
+                for (ptrdiff_t ir = 0; ir < mc; ir += GEMM_MR) {
+                    const int mr = (int)(mc - ir < GEMM_MR ? mc - ir : GEMM_MR);
+                    float *c = C + (i0 + ir) * ldc + j0;
+                    if (nr > 16)
+                        fastnn_gemm_kernel_f(kc, Ap + ir * kc, bp, c, ldc, mr, nr, p0 > 0, 2);
+                    else
+                        fastnn_gemm_kernel_f(kc, Ap + ir * kc, bp, c, ldc, mr, nr, p0 > 0, 1);
+                }
+            }
+        }
+    }
+    free(Bp);
+    free(Ap);
+    return 0;
+}
+
+#else   /* no AVX-512: BLAS computes every product */
+
+enum { FASTNN_HAVE_GEMM_F = 0 };
+
+static int fastnn_gemm_f(int trans_a, int trans_b, ptrdiff_t m, ptrdiff_t n, ptrdiff_t k,
+                         const float *A, ptrdiff_t lda, const float *B, ptrdiff_t ldb,
+                         float *C, ptrdiff_t ldc)
+{
+    (void)trans_a; (void)trans_b; (void)m; (void)n; (void)k; (void)A; (void)lda; (void)B;
+    (void)ldb; (void)C; (void)ldc;
+    return -1;
+}
+
+#endif
+#endif

@@ -1,0 +1,131 @@
+"""fastnn's own AVX-512 GEMM (csrc/fastnn_gemm.h, x86-64-v4 variant only):
+every operand layout and awkward size against NumPy in float64, the same
+products on BLAS, thread independence, and the switch between the two."""
+import numpy as np
+import pytest
+
+import fastnn
+from fastnn import _kernels
+from conftest import assert_close_accumulated, randn
+from test_threads import assert_thread_independent
+
+HAVE_OWN_GEMM = _kernels.own_gemm()   # on by default wherever it is compiled in
+needs_own_gemm = pytest.mark.skipif(
+    not HAVE_OWN_GEMM, reason=f"fastnn's GEMM is compiled into the x86-64-v4 variant only; "
+                              f"this process runs {_kernels.SIMD_VARIANT}")
+
+# (m, n, k), all >= 32 so that the tiles reach fastnn's GEMM: rows not a
+# multiple of its 8-row micro-kernel, columns ending in a partial 32-wide and
+# a partial 16-wide panel, k over one 384-term block (accumulated into C),
+# m over its 256-row block, and products the tile grid splits over threads.
+SHAPES = ((32, 32, 32), (37, 33, 35), (45, 40, 100), (64, 48, 385), (300, 63, 50),
+          (130, 257, 800), (700, 300, 290))
+BACKENDS = ("fastnn", "blas") if HAVE_OWN_GEMM else ("blas",)
+
+
+@pytest.fixture(params=BACKENDS)
+def backend(request):
+    previous = _kernels.own_gemm(request.param == "fastnn")
+    yield request.param
+    _kernels.own_gemm(previous)
+
+
+def _operands(rng, m, n, k, trans_a, trans_b):
+    A = randn(rng, (k, m) if trans_a else (m, k), np.float32)
+    B = randn(rng, (n, k) if trans_b else (k, n), np.float32)
+    return A, B
+
+
+def _product(A, B, trans_a, trans_b, m, n):
+    out = np.full((m, n), np.nan, np.float32)   # nothing of it may be read
+    _kernels.product(A, B, out, trans_a, trans_b)
+    return out
+
+
+@pytest.mark.parametrize("trans_a, trans_b", [(False, False), (True, False), (False, True),
+                                              (True, True)])
+@pytest.mark.parametrize("m, n, k", SHAPES)
+def test_products_match_numpy(backend, rng, m, n, k, trans_a, trans_b):
+    A, B = _operands(rng, m, n, k, trans_a, trans_b)
+    a = A.T if trans_a else A
+    b = B.T if trans_b else B
+    got = _product(A, B, trans_a, trans_b, m, n)
+    expected = a.astype(np.float64) @ b.astype(np.float64)
+    assert_close_accumulated(got, expected, np.abs(a.astype(np.float64)) @ np.abs(b), k,
+                             np.float32)
+
+
+@pytest.mark.parametrize("n_threads", (1, 2))
+def test_products_match_numpy_at_each_thread_count(backend, rng, n_threads):
+    m, n, k = 700, 300, 290
+    A, B = _operands(rng, m, n, k, False, True)
+    with fastnn.num_threads(n_threads):
+        got = _product(A, B, False, True, m, n)
+    expected = A.astype(np.float64) @ B.T.astype(np.float64)
+    assert_close_accumulated(got, expected, np.abs(A.astype(np.float64)) @ np.abs(B.T), k,
+                             np.float32)
+
+
+@pytest.mark.parametrize("trans_a, trans_b", [(False, False), (True, False), (False, True)])
+def test_products_are_thread_independent(backend, rng, trans_a, trans_b):
+    m, n, k = 700, 300, 290
+    A, B = _operands(rng, m, n, k, trans_a, trans_b)
+    assert_thread_independent(lambda: _product(A, B, trans_a, trans_b, m, n))
+
+
+@needs_own_gemm
+def test_non_finite_values_propagate_like_blas(rng):
+    m, n, k = 40, 70, 50
+    A, B = _operands(rng, m, n, k, False, False)
+    A[3, 7] = np.nan
+    A[5, 0] = np.inf
+    B[:, 66] = 0                       # inf * 0 = nan in row 5, column 66
+    results = {}
+    for own in (True, False):
+        _kernels.own_gemm(own)
+        try:
+            results[own] = _product(A, B, False, False, m, n)
+        finally:
+            _kernels.own_gemm(True)
+    mine, blas = results[True], results[False]
+    np.testing.assert_array_equal(np.isnan(mine), np.isnan(blas))
+    np.testing.assert_array_equal(np.isinf(mine), np.isinf(blas))
+    assert np.isnan(mine[3]).all() and np.isnan(mine[5, 66])
+    assert np.isfinite(np.delete(mine, [3, 5], axis=0)).all()
+
+
+@needs_own_gemm
+def test_dense_layers_train_the_same_on_either_gemm(rng):
+    # a few SGD steps of a 784-256-10 network: the same losses on both
+    X = randn(rng, (128, 784), np.float32)
+    y = rng.integers(0, 10, 128)
+    losses = {}
+    for own in (True, False):
+        _kernels.own_gemm(own)
+        try:
+            model = fastnn.nn.Sequential(fastnn.nn.Dense(784, 256, "relu", rng=0),
+                                         fastnn.nn.Dense(256, 10, rng=1))
+            opt = fastnn.optim.SGD(model.parameters(), lr=0.05)
+            loss = fastnn.nn.SoftmaxCrossEntropy()
+            losses[own] = [fastnn.nn.train_step(model, loss, opt, X, y) for _ in range(5)]
+        finally:
+            _kernels.own_gemm(True)
+    np.testing.assert_allclose(losses[True], losses[False], rtol=1e-5)
+    assert losses[True][-1] < losses[True][0]
+
+
+def test_the_switch_and_the_report():
+    info = fastnn.build_info()
+    if HAVE_OWN_GEMM:
+        assert _kernels.SIMD_VARIANT == "x86-64-v4"
+        assert info["gemm"].startswith("fastnn's AVX-512 GEMM")
+        assert _kernels.own_gemm(False) is True
+        try:
+            assert fastnn.build_info()["gemm"] == "BLAS"
+        finally:
+            assert _kernels.own_gemm(True) is False
+    else:
+        assert info["gemm"] == "BLAS"
+        with pytest.raises(ValueError, match="not compiled into"):
+            _kernels.own_gemm(True)
+        assert _kernels.own_gemm(False) is False
