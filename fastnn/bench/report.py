@@ -15,7 +15,9 @@ import gc
 import math
 import os
 import platform
+import json
 import statistics
+import subprocess
 import sys
 import time
 import traceback
@@ -154,7 +156,8 @@ def environment_lines(thread_list):
         f"{np.__version__}, SciPy {scipy.__version__}" + "".join(
             f", {name} {version}" for name, version in optional_versions()),
         f"- fastnn build: OpenMP {info.get('openmp')} ({info.get('openmp_runtime')}), "
-        f"SIMD kernels {info.get('simd_kernels')}, BLAS {info.get('blas')}, BLAS thread "
+        f"SIMD kernels {info.get('simd_kernels')}, GEMM {info.get('gemm')}, BLAS "
+        f"{info.get('blas')}, BLAS thread "
         f"control: {info.get('blas_thread_control')}",
         f"- OPENBLAS_CORETYPE="
         f"{os.environ.get('OPENBLAS_CORETYPE', '(unset: OpenBLAS detects the CPU)')}, "
@@ -289,6 +292,47 @@ def measure_ceilings(n_threads, repeats, sgemm_n, stream_elements):
     return {"sgemm_scipy": flops / scipy_s / 1e9, "sgemm_numpy": flops / numpy_s / 1e9,
             "sgemm": flops / min(scipy_s, numpy_s) / 1e9,
             "copy": 2 * nbytes / copy_s / 1e9, "triad": 3 * nbytes / triad_s / 1e9}
+
+
+# OpenBLAS's AVX-512 sgemm in a child process: the machine's GEMM ceiling
+# where the BLAS this process uses is held to AVX2 (OPENBLAS_CORETYPE=Haswell
+# in the environment, or a CPU OpenBLAS does not know).  Only the child's
+# environment is changed; fastnn and its peers run with the user's.
+_AVX512_SGEMM = """
+import json, sys, time
+import numpy as np
+from threadpoolctl import threadpool_info, threadpool_limits
+n_threads, repeats, n = map(int, sys.argv[1:])
+a = np.random.default_rng(0).standard_normal((n, n), dtype=np.float32)
+b, c = a.copy(), np.empty_like(a)
+with threadpool_limits(n_threads, user_api="blas"):
+    np.matmul(a, b, out=c)
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        np.matmul(a, b, out=c)
+        best = min(best, time.perf_counter() - start)
+kernels = {i.get("architecture") for i in threadpool_info() if i["user_api"] == "blas"}
+print(json.dumps({"gflops": 2.0 * n ** 3 / best / 1e9, "kernels": sorted(map(str, kernels))}))
+"""
+
+
+def measure_avx512_sgemm(n_threads, repeats, sgemm_n):
+    """GFLOP/s of NumPy's OpenBLAS sgemm on its AVX-512 (SkylakeX) kernels,
+    measured in a child process; None where the CPU has no AVX-512 or the
+    child fails."""
+    flags = fastnn._kernels.cpu_flags()
+    if flags is None or not fastnn._kernels.cpu_supports("x86-64-v4", flags):
+        return None
+    env = dict(os.environ, OPENBLAS_CORETYPE="SkylakeX")
+    try:
+        done = subprocess.run([sys.executable, "-c", _AVX512_SGEMM, str(n_threads),
+                               str(repeats), str(sgemm_n)], env=env, capture_output=True,
+                              text=True, timeout=600, check=True)
+        result = json.loads(done.stdout)
+    except (OSError, subprocess.SubprocessError, ValueError):
+        return None
+    return result["gflops"] if result["kernels"] == ["SkylakeX"] else None
 
 
 # ---------------------------------------------------------------------------
@@ -525,17 +569,24 @@ def run(args):
             with W.threads(n):
                 ceilings[n] = measure_ceilings(n, max(3, min(repeats, 5)), profile.sgemm_n,
                                                profile.stream_elements)
+            avx512 = measure_avx512_sgemm(n, max(3, min(repeats, 5)), profile.sgemm_n)
+            ceilings[n]["sgemm_avx512"] = avx512
+            if avx512 is not None:
+                ceilings[n]["sgemm"] = max(ceilings[n]["sgemm"], avx512)
         size = f"sgemm {profile.sgemm_n}³" + (
             f" (smaller than the full run's {FULL_SGEMM_N}³)"
             if profile.sgemm_n != FULL_SGEMM_N else "")
         out(f"\n## Machine ceilings\n\n{size}, 2·n³ flops, through SciPy's BLAS and NumPy's "
-            "(fastnn calls the newer: see 'fastnn build' above), the faster of the two taken as "
-            "the sgemm ceiling below; memory bandwidth of a copy (read + write "
+            "(fastnn calls the newer: see 'fastnn build' above) as this process runs them, and "
+            "on a CPU with AVX-512 through NumPy's OpenBLAS on its AVX-512 kernels in a child "
+            "process (OPENBLAS_CORETYPE=SkylakeX there only); the fastest taken as the sgemm "
+            "ceiling below; memory bandwidth of a copy (read + write "
             f"{profile.stream_elements * 4 / 2**20:g} MiB) and a triad a = b + s·c (3 streams), "
             "NumPy loops on n Python threads; the best of the repeats.\n")
         out(table(["threads", "sgemm GFLOP/s (SciPy BLAS)", "sgemm GFLOP/s (NumPy BLAS)",
-                   "copy GB/s", "triad GB/s"],
+                   "sgemm GFLOP/s (OpenBLAS AVX-512)", "copy GB/s", "triad GB/s"],
                   [[n, f"{c['sgemm_scipy']:.0f}", f"{c['sgemm_numpy']:.0f}",
+                    "—" if c["sgemm_avx512"] is None else f"{c['sgemm_avx512']:.0f}",
                     f"{c['copy']:.1f}", f"{c['triad']:.1f}"] for n, c in ceilings.items()]))
 
     all_results, problems = {}, []
