@@ -903,9 +903,7 @@ def own_gemm(on=None):
         if on and not FASTNN_HAVE_GEMM_F:
             raise ValueError("fastnn's GEMM is not compiled into the "
                              f"{fastnn_simd_variant().decode()} variant")
-        if _blas_users != 0:
-            raise RuntimeError("the GEMM cannot be changed while fastnn products run")
-        _own_gemm = bool(on)
+        _own_gemm = bool(on)     # either is right for a product already running
     return previous
 
 
@@ -930,10 +928,10 @@ cdef void _gemm_tile(const TileGrid* g, Py_ssize_t t, bint trans_a, bint trans_b
                      Py_ssize_t k, const floating* A, Py_ssize_t lda, const floating* B,
                      Py_ssize_t ldb, floating* C, Py_ssize_t ldc, const floating* bias,
                      int kind, floating alpha) noexcept nogil:
-    """Tile ``t`` of the row-major C = op(A) op(B) on single-threaded BLAS,
-    then (when ``bias`` or ``kind`` asks for it) the bias + activation
-    epilogue while the tile is in cache.  Issued as the column-major
-    C^T = op(B)^T op(A)^T."""
+    """Tile ``t`` of the row-major C = op(A) op(B) on one of fastnn's GEMMs
+    (_own_product) or single-threaded BLAS, then (when ``bias`` or ``kind``
+    asks for it) the bias + activation epilogue while the tile is in cache.
+    BLAS gets it as the column-major C^T = op(B)^T op(A)^T."""
     cdef Py_ssize_t i0 = (t // g.col_tiles) * g.tile_rows, j0 = (t % g.col_tiles) * g.tile_cols
     cdef Py_ssize_t i1 = min(i0 + g.tile_rows, g.m), j1 = min(j0 + g.tile_cols, g.n)
     cdef const floating* a = A + (i0 if trans_a else i0 * lda)
@@ -975,10 +973,18 @@ def product(const floating[:, ::1] A, const floating[:, ::1] B, floating[:, ::1]
             bint trans_a, bint trans_b):
     """out = op(A) op(B), op a transpose where asked: the products of the
     dense kernels on their own (tiles, threads, fastnn's GEMMs or BLAS), for
-    tests and measurements.  Shapes are the caller's to check."""
+    tests and measurements."""
     cdef Py_ssize_t m = out.shape[0], n = out.shape[1]
     cdef Py_ssize_t k = A.shape[0] if trans_a else A.shape[1]
-    if out.shape[0] == 0 or out.shape[1] == 0:
+    if (A.shape[1] if trans_a else A.shape[0]) != m or \
+            (B.shape[1] if trans_b else B.shape[0]) != k or \
+            (B.shape[0] if trans_b else B.shape[1]) != n:
+        raise ValueError(f"op(A) {A.shape[0], A.shape[1]}, op(B) {B.shape[0], B.shape[1]} "
+                         f"and out {m, n} do not chain (trans_a={trans_a}, trans_b={trans_b})")
+    if m == 0 or n == 0:
+        return
+    if k == 0:
+        out[:, :] = 0
         return
     with nogil:
         _gemm_tiled(trans_a, trans_b, m, n, k, &A[0, 0], A.shape[1], &B[0, 0], B.shape[1],

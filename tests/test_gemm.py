@@ -129,3 +129,15 @@ def test_the_switch_and_the_report():
         with pytest.raises(ValueError, match="not compiled into"):
             _kernels.own_gemm(True)
         assert _kernels.own_gemm(False) is False
+
+
+def test_product_checks_its_shapes_and_empty_sums(rng):
+    A, B = randn(rng, (5, 3), np.float32), randn(rng, (3, 4), np.float32)
+    with pytest.raises(ValueError, match="do not chain"):
+        _kernels.product(A, B, np.empty((5, 5), np.float32), False, False)
+    with pytest.raises(ValueError, match="do not chain"):
+        _kernels.product(A, B, np.empty((5, 4), np.float32), True, False)
+    out = np.full((5, 4), np.nan, np.float32)
+    _kernels.product(np.empty((5, 0), np.float32), np.empty((0, 4), np.float32), out,
+                     False, False)
+    assert (out == 0).all()
