@@ -1,5 +1,6 @@
 """Accuracy of the vectorised float32 exp behind softmax and cross-entropy."""
 import numpy as np
+import pytest
 
 from fastnn import _kernels
 
@@ -63,3 +64,19 @@ def test_shifted_exp_special_values():
     got, total = _exp_shifted_f32([-1.0, np.nan, -2.0], 0.0)
     assert np.isnan(got[1]) and np.isnan(total)
     assert abs(got[0] - np.exp(-1.0)) <= 2 * np.spacing(np.float32(np.exp(-1.0)))
+
+
+@pytest.mark.parametrize("m", (0.0, -1000.0))
+def test_shifted_exp_every_length_leaves_the_rest_alone(m):
+    # every tail length of a vector loop (16 lanes on AVX-512, 8 on AVX2),
+    # and lanes beyond the end neither written nor counted, even where m < 0
+    # makes their (zero) padding exponentiate to a huge value
+    rng = np.random.default_rng(0)
+    for c in range(0, 50):
+        x = (np.float32(m) - rng.exponential(3.0, c)).astype(np.float32)
+        buffer = np.full(c + 20, np.nan, np.float32)
+        total = _kernels.exp_shifted_f32(x, buffer[:c], m)
+        exact = np.exp((x - np.float32(m)).astype(np.float64))
+        np.testing.assert_allclose(buffer[:c], exact, rtol=3e-7, atol=0)
+        assert np.isnan(buffer[c:]).all(), f"c={c}: wrote past the end"
+        np.testing.assert_allclose(total, exact.sum(), rtol=1e-6)
