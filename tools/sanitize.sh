@@ -20,7 +20,7 @@ SCRATCH="$(mktemp -d "${TMPDIR:-/tmp}/fastnn-sanitize.XXXXXX")"
 trap 'rm -rf "$SCRATCH"' EXIT
 
 TESTS=()
-for t in tests/test_functional.py tests/test_properties.py; do
+for t in tests/test_functional.py tests/test_properties.py tests/test_gemm.py tests/test_exp.py; do
     [[ -f "$ROOT/$t" ]] && TESTS+=("$t")
 done
 
