@@ -807,7 +807,7 @@ def xent_mean_labels(logits, labels, out):
 
 
 # ---------------------------------------------------------------------------
-# dense layer: GEMM on BLAS, everything around it fused
+# dense layer: GEMM on fastnn's own kernels or BLAS, everything around it fused
 # ---------------------------------------------------------------------------
 cdef inline void _gemm(char transa, char transb, int m, int n, int k, floating alpha,
                        const floating* a, int lda, const floating* b, int ldb, floating beta,
@@ -979,8 +979,8 @@ def product(const floating[:, ::1] A, const floating[:, ::1] B, floating[:, ::1]
     if (A.shape[1] if trans_a else A.shape[0]) != m or \
             (B.shape[1] if trans_b else B.shape[0]) != k or \
             (B.shape[0] if trans_b else B.shape[1]) != n:
-        raise ValueError(f"op(A) {A.shape[0], A.shape[1]}, op(B) {B.shape[0], B.shape[1]} "
-                         f"and out {m, n} do not chain (trans_a={trans_a}, trans_b={trans_b})")
+        raise ValueError(f"A {A.shape[0], A.shape[1]}, B {B.shape[0], B.shape[1]} and out "
+                         f"{m, n} do not chain (trans_a={trans_a}, trans_b={trans_b})")
     if m == 0 or n == 0:
         return
     if k == 0:
