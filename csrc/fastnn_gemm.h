@@ -28,6 +28,7 @@ enum {
     GEMM_NR = 32,    /* columns: two zmm registers */
     GEMM_KC = 384,   /* k block: a B panel, KC x NR floats = 48 KiB, in L1/L2 */
     GEMM_MC = 256,   /* rows of A packed at a time: MC x KC floats in L2 */
+    GEMM_NC = 1024,  /* columns of B packed at a time: at most 1.5 MiB */
 };
 
 /* C[0:mr, 0:nr] (+)= Ap (kc x MR) * Bp (kc x NR), mr <= MR, nr <= 16 * nv:
@@ -129,7 +130,8 @@ static int fastnn_gemm_f(int trans_a, int trans_b, ptrdiff_t m, ptrdiff_t n, ptr
     /* k blocks of near-equal size, a function of k alone */
     const ptrdiff_t k_blocks = (k + GEMM_KC - 1) / GEMM_KC;
     const ptrdiff_t kc_max = (k + k_blocks - 1) / k_blocks;
-    const ptrdiff_t n_pad = (n + GEMM_NR - 1) / GEMM_NR * GEMM_NR;
+    const ptrdiff_t nc_max = n < GEMM_NC ? n : GEMM_NC;
+    const ptrdiff_t n_pad = (nc_max + GEMM_NR - 1) / GEMM_NR * GEMM_NR;
     const ptrdiff_t mc_max = m < GEMM_MC ? m : GEMM_MC;
     const ptrdiff_t mc_pad = (mc_max + GEMM_MR - 1) / GEMM_MR * GEMM_MR;
     float *Bp = (float *)aligned_alloc(64, (size_t)(kc_max * n_pad) * sizeof(float));
@@ -143,22 +145,25 @@ static int fastnn_gemm_f(int trans_a, int trans_b, ptrdiff_t m, ptrdiff_t n, ptr
     }
     const ptrdiff_t a_si = trans_a ? 1 : lda, a_sp = trans_a ? lda : 1;
     const ptrdiff_t b_sp = trans_b ? 1 : ldb, b_sj = trans_b ? ldb : 1;
-    for (ptrdiff_t p0 = 0; p0 < k; p0 += kc_max) {
-        const ptrdiff_t kc = k - p0 < kc_max ? k - p0 : kc_max;
-        fastnn_gemm_pack_b(B, b_sp, b_sj, p0, kc, n, Bp);
-        for (ptrdiff_t i0 = 0; i0 < m; i0 += GEMM_MC) {
-            const ptrdiff_t mc = m - i0 < GEMM_MC ? m - i0 : GEMM_MC;
-            fastnn_gemm_pack_a(A, a_si, a_sp, i0, mc, p0, kc, Ap);
-            for (ptrdiff_t j0 = 0; j0 < n; j0 += GEMM_NR) {
-                const int nr = (int)(n - j0 < GEMM_NR ? n - j0 : GEMM_NR);
-                const float *bp = Bp + j0 * kc;
-                for (ptrdiff_t ir = 0; ir < mc; ir += GEMM_MR) {
-                    const int mr = (int)(mc - ir < GEMM_MR ? mc - ir : GEMM_MR);
-                    float *c = C + (i0 + ir) * ldc + j0;
-                    if (nr > 16)
-                        fastnn_gemm_kernel_f(kc, Ap + ir * kc, bp, c, ldc, mr, nr, p0 > 0, 2);
-                    else
-                        fastnn_gemm_kernel_f(kc, Ap + ir * kc, bp, c, ldc, mr, nr, p0 > 0, 1);
+    for (ptrdiff_t jc = 0; jc < n; jc += GEMM_NC) {
+        const ptrdiff_t nc = n - jc < GEMM_NC ? n - jc : GEMM_NC;
+        for (ptrdiff_t p0 = 0; p0 < k; p0 += kc_max) {
+            const ptrdiff_t kc = k - p0 < kc_max ? k - p0 : kc_max;
+            fastnn_gemm_pack_b(B + jc * b_sj, b_sp, b_sj, p0, kc, nc, Bp);
+            for (ptrdiff_t i0 = 0; i0 < m; i0 += GEMM_MC) {
+                const ptrdiff_t mc = m - i0 < GEMM_MC ? m - i0 : GEMM_MC;
+                fastnn_gemm_pack_a(A, a_si, a_sp, i0, mc, p0, kc, Ap);
+                for (ptrdiff_t j0 = 0; j0 < nc; j0 += GEMM_NR) {
+                    const int nr = (int)(nc - j0 < GEMM_NR ? nc - j0 : GEMM_NR);
+                    const float *bp = Bp + j0 * kc;
+                    for (ptrdiff_t ir = 0; ir < mc; ir += GEMM_MR) {
+                        const int mr = (int)(mc - ir < GEMM_MR ? mc - ir : GEMM_MR);
+                        float *c = C + (i0 + ir) * ldc + jc + j0;
+                        if (nr > 16)
+                            fastnn_gemm_kernel_f(kc, Ap + ir * kc, bp, c, ldc, mr, nr, p0 > 0, 2);
+                        else
+                            fastnn_gemm_kernel_f(kc, Ap + ir * kc, bp, c, ldc, mr, nr, p0 > 0, 1);
+                    }
                 }
             }
         }

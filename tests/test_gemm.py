@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 import fastnn
-from fastnn import _kernels
+from fastnn import _config, _kernels
 from conftest import assert_close_accumulated, randn
 from test_threads import assert_thread_independent
 
@@ -141,3 +141,20 @@ def test_product_checks_its_shapes_and_empty_sums(rng):
     _kernels.product(np.empty((5, 0), np.float32), np.empty((0, 4), np.float32), out,
                      False, False)
     assert (out == 0).all()
+
+
+@needs_own_gemm
+def test_a_product_in_one_tile_wider_than_a_packed_block(rng):
+    # without BLAS thread control nothing is tiled: one call takes the whole
+    # product, and its B is packed 1024 columns at a time
+    _config._install_blas(None)
+    try:
+        for trans_b in (False, True):
+            m, n, k = 40, 2100, 70
+            A, B = _operands(rng, m, n, k, False, trans_b)
+            b = B.T if trans_b else B
+            got = _product(A, B, False, trans_b, m, n)
+            assert_close_accumulated(got, A.astype(np.float64) @ b.astype(np.float64),
+                                     np.abs(A.astype(np.float64)) @ np.abs(b), k, np.float32)
+    finally:
+        _config._install_blas(_config._choose_blas(_config._loaded_blas()))
