@@ -47,6 +47,19 @@ static const char *fastnn_simd_variant(void)
 #endif
 }
 
+/* The constants of the float32 exp, shared by its scalar and AVX-512 forms:
+ * ln 2 split in two so that n * LN2_HI is exact, and the Cephes minimax
+ * coefficients of exp(r) = 1 + r + r^2 (P0 + P1 r + ... + P5 r^5). */
+#define FASTNN_EXP_LOG2E 1.44269504088896341f
+#define FASTNN_EXP_LN2_HI 0.693359375f
+#define FASTNN_EXP_LN2_LO (-2.12194440e-4f)
+#define FASTNN_EXP_P0 5.0000001201e-1f
+#define FASTNN_EXP_P1 1.6666665459e-1f
+#define FASTNN_EXP_P2 4.1665795894e-2f
+#define FASTNN_EXP_P3 8.3334519073e-3f
+#define FASTNN_EXP_P4 1.3981999507e-3f
+#define FASTNN_EXP_P5 1.9875691500e-4f
+
 /* exp(x) in float32 for the arguments every kernel exponentiates: x <= 0 (a
  * row shifted by its max, z - max(z), or -|z|) or NaN.  Within 2 ulp (tested),
  * NaN in -> NaN out, subnormal and then 0 below -87.3.
@@ -60,9 +73,9 @@ static const char *fastnn_simd_variant(void)
  * and the guard, one core, in L1); fastnn_expf below adds it. */
 static inline float fastnn_expf_nonpositive(float x)
 {
-    const float LOG2E = 1.44269504088896341f;
-    const float LN2_HI = 0.693359375f;
-    const float LN2_LO = -2.12194440e-4f;
+    const float LOG2E = FASTNN_EXP_LOG2E;
+    const float LN2_HI = FASTNN_EXP_LN2_HI;
+    const float LN2_LO = FASTNN_EXP_LN2_LO;
     const float SHIFTER = 12582912.0f; /* 1.5 * 2^23: adding it rounds to an integer */
     /* Straight-line code only (selects, no branches), or GCC won't vectorise.
      * NaN compares false and is clamped here (keeps the int conversion
@@ -73,9 +86,9 @@ static inline float fastnn_expf_nonpositive(float x)
     float r = xc - nf * LN2_HI;
     r = r - nf * LN2_LO;
     float r2 = r * r, r4 = r2 * r2;
-    float p01 = 5.0000001201e-1f + 1.6666665459e-1f * r;
-    float p23 = 4.1665795894e-2f + 8.3334519073e-3f * r;
-    float p45 = 1.3981999507e-3f + 1.9875691500e-4f * r;
+    float p01 = FASTNN_EXP_P0 + FASTNN_EXP_P1 * r;
+    float p23 = FASTNN_EXP_P2 + FASTNN_EXP_P3 * r;
+    float p45 = FASTNN_EXP_P4 + FASTNN_EXP_P5 * r;
     float p = (p01 + p23 * r2) + p45 * r4;
     p = p * r2 + (r + 1.0f);
     int32_t half = n >> 1;
@@ -114,17 +127,17 @@ static void fastnn_exp_f(const float *x, float *out, ptrdiff_t n)
 static inline __m512 fastnn_exp16_nonpositive(__m512 x)
 {
     x = _mm512_max_ps(_mm512_set1_ps(-104.0f), x);
-    const __m512 nf = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
+    const __m512 nf = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(FASTNN_EXP_LOG2E)),
                                            _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-    __m512 r = _mm512_fnmadd_ps(nf, _mm512_set1_ps(0.693359375f), x);
-    r = _mm512_fnmadd_ps(nf, _mm512_set1_ps(-2.12194440e-4f), r);
+    __m512 r = _mm512_fnmadd_ps(nf, _mm512_set1_ps(FASTNN_EXP_LN2_HI), x);
+    r = _mm512_fnmadd_ps(nf, _mm512_set1_ps(FASTNN_EXP_LN2_LO), r);
     const __m512 r2 = _mm512_mul_ps(r, r), r4 = _mm512_mul_ps(r2, r2);
-    const __m512 p01 = _mm512_fmadd_ps(_mm512_set1_ps(1.6666665459e-1f), r,
-                                       _mm512_set1_ps(5.0000001201e-1f));
-    const __m512 p23 = _mm512_fmadd_ps(_mm512_set1_ps(8.3334519073e-3f), r,
-                                       _mm512_set1_ps(4.1665795894e-2f));
-    const __m512 p45 = _mm512_fmadd_ps(_mm512_set1_ps(1.9875691500e-4f), r,
-                                       _mm512_set1_ps(1.3981999507e-3f));
+    const __m512 p01 = _mm512_fmadd_ps(_mm512_set1_ps(FASTNN_EXP_P1), r,
+                                       _mm512_set1_ps(FASTNN_EXP_P0));
+    const __m512 p23 = _mm512_fmadd_ps(_mm512_set1_ps(FASTNN_EXP_P3), r,
+                                       _mm512_set1_ps(FASTNN_EXP_P2));
+    const __m512 p45 = _mm512_fmadd_ps(_mm512_set1_ps(FASTNN_EXP_P5), r,
+                                       _mm512_set1_ps(FASTNN_EXP_P4));
     __m512 p = _mm512_fmadd_ps(p45, r4, _mm512_fmadd_ps(p23, r2, p01));
     p = _mm512_fmadd_ps(p, r2, _mm512_add_ps(r, _mm512_set1_ps(1.0f)));
     return _mm512_scalef_ps(p, nf);
