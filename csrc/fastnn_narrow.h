@@ -12,7 +12,7 @@
  * single-threaded OpenBLAS on the same tiles (1 and 2 threads, medians of 9
  * interleaved runs): dW 1.2-1.7x faster for 4 to 16 columns; the forward
  * product 1.1-1.4x faster for 10 to 16 columns but slower for 8 or fewer
- * (0.8x), so the caller (_narrow_product) uses it only where it wins.  The
+ * (0.8x), so the caller (_own_product) uses it only where it wins.  The
  * third product of a layer, delta W^T, was slower this way and stays on BLAS.
  *
  * Row-major.  Every element of C is one dot product summed in order over p,
