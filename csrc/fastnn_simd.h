@@ -370,9 +370,9 @@ static double fastnn_logistic_rows_f(const float *z, const float *t, const float
  * lane (at most 128 factors <= c each, so no overflow in double). */
 enum { FASTNN_XENT_SMALL = 32, FASTNN_XENT_LANES = 8 };
 
-static double fastnn_xent_labels_small_f(const float *Z, const int64_t *labels,
-                                         const float *sw, float *G, float *L, ptrdiff_t n,
-                                         ptrdiff_t c, double scale, double smoothing)
+static double fastnn_xent_labels_lanes8_f(const float *Z, const int64_t *labels,
+                                          const float *sw, float *G, float *L, ptrdiff_t n,
+                                          ptrdiff_t c, double scale, double smoothing)
 {
     enum { B = FASTNN_XENT_LANES };
     float zt[FASTNN_XENT_SMALL * B], et[FASTNN_XENT_SMALL * B], pad[FASTNN_XENT_SMALL * B];
@@ -473,6 +473,184 @@ static double fastnn_xent_labels_small_f(const float *Z, const int64_t *labels,
         for (int j = 0; j < B; j++)
             total += log(product[j]);
     return total;
+}
+
+#if defined(__AVX512F__)
+/* r[0:16] := its transpose (r[j] lane k = element (j, k) of a 16 x 16 block):
+ * unpacks of pairs of floats, then of pairs of pairs, then two rounds of
+ * 128-bit lane shuffles; 64 shuffles. */
+static inline void fastnn_transpose16(__m512 r[16])
+{
+    __m512 t[16];
+    for (int i = 0; i < 16; i += 2) {
+        t[i] = _mm512_unpacklo_ps(r[i], r[i + 1]);
+        t[i + 1] = _mm512_unpackhi_ps(r[i], r[i + 1]);
+    }
+    /* r[i] 128-bit lane q := column 4q + p of rows i - p .. i - p + 3 (p = i % 4) */
+    for (int i = 0; i < 16; i += 4)
+        for (int p = 0; p < 2; p++) {
+            const __m512d a = _mm512_castps_pd(t[i + p]), b = _mm512_castps_pd(t[i + p + 2]);
+            r[i + 2 * p] = _mm512_castpd_ps(_mm512_unpacklo_pd(a, b));
+            r[i + 2 * p + 1] = _mm512_castpd_ps(_mm512_unpackhi_pd(a, b));
+        }
+    /* column 4q + p: lane q of r[p], r[4 + p], r[8 + p], r[12 + p], in that order */
+    for (int p = 0; p < 4; p++) {
+        const __m512 ab_lo = _mm512_shuffle_f32x4(r[p], r[4 + p], 0x44);
+        const __m512 ab_hi = _mm512_shuffle_f32x4(r[p], r[4 + p], 0xEE);
+        const __m512 cd_lo = _mm512_shuffle_f32x4(r[8 + p], r[12 + p], 0x44);
+        const __m512 cd_hi = _mm512_shuffle_f32x4(r[8 + p], r[12 + p], 0xEE);
+        t[p] = _mm512_shuffle_f32x4(ab_lo, cd_lo, 0x88);
+        t[4 + p] = _mm512_shuffle_f32x4(ab_lo, cd_lo, 0xDD);
+        t[8 + p] = _mm512_shuffle_f32x4(ab_hi, cd_hi, 0x88);
+        t[12 + p] = _mm512_shuffle_f32x4(ab_hi, cd_hi, 0xDD);
+    }
+    for (int i = 0; i < 16; i++)
+        r[i] = t[i];
+}
+
+/* fastnn_xent_labels_lanes8_f for c <= 16 on AVX-512: sixteen rows per
+ * block, each loaded into a register and the 16 x 16 block transposed in
+ * registers (the eight-lane form's strided copies cost more than its
+ * arithmetic), so that row j is lane j of every column; the same steps in
+ * the same order, then transposed back and stored row by row.  Rows past
+ * the last are zero and never stored.  Unweighted without L, the loss takes
+ * one log per call: each lane multiplies its row sums (each in [1, c]; with
+ * n <= 1024, at most 128 factors per pair of lanes, below 16^128 = 2^512),
+ * and the lanes' products are combined as mantissas and exponents. */
+static double fastnn_xent_labels_lanes16_f(const float *Z, const int64_t *labels,
+                                           const float *sw, float *G, float *L, ptrdiff_t n,
+                                           ptrdiff_t c, double scale, double smoothing)
+{
+    enum { B = 16, AHEAD_ROWS = 2 * B };
+    const __mmask16 row_mask = (__mmask16)((1u << c) - 1);
+    const float smooth_c = (float)(smoothing / c);
+    const int products = sw == NULL && L == NULL;
+    const __m512d keep = _mm512_set1_pd(1 - smoothing), spread = _mm512_set1_pd(smoothing / c);
+    __m512 ws = _mm512_set1_ps((float)scale);
+    __m512 hit = _mm512_set1_ps((float)(scale * (1 - smoothing)));
+    __m512 off = _mm512_mul_ps(ws, _mm512_set1_ps(smooth_c));
+    __m512d product_lo = _mm512_set1_pd(1), product_hi = product_lo;
+    __m512d y_dot_z_lo = _mm512_setzero_pd(), y_dot_z_hi = y_dot_z_lo;
+    double total = 0;
+    __m512 r[B];
+    for (ptrdiff_t i0 = 0; i0 < n; i0 += B) {
+        const int rows = n - i0 < B ? (int)(n - i0) : B;
+        const __mmask16 live = (__mmask16)((1u << rows) - 1);
+        if (sw != NULL) {
+            float w_scale[B] = {0}, w_hit[B] = {0};
+            for (int j = 0; j < rows; j++) {
+                w_scale[j] = (float)(sw[i0 + j] * scale);
+                w_hit[j] = (float)(sw[i0 + j] * scale * (1 - smoothing));
+            }
+            ws = _mm512_loadu_ps(w_scale);
+            hit = _mm512_loadu_ps(w_hit);
+            off = _mm512_mul_ps(ws, _mm512_set1_ps(smooth_c));
+        }
+        const __m512i lab = _mm512_inserti64x4(
+            _mm512_castsi256_si512(
+                _mm512_cvtepi64_epi32(_mm512_maskz_loadu_epi64((__mmask8)live, labels + i0))),
+            _mm512_cvtepi64_epi32(_mm512_maskz_loadu_epi64((__mmask8)(live >> 8), labels + i0 + 8)),
+            1);
+        /* the logits and gradient rows two blocks ahead: from memory, the
+         * hardware prefetcher alone left this loop at 1.6 ns per element
+         * (262144 x 10, one core), 0.55 with these, as in cache */
+        for (ptrdiff_t b = 0; b < B * c * (ptrdiff_t)sizeof(float); b += 64) {
+            FASTNN_PREFETCH((const char *)(Z + (i0 + AHEAD_ROWS) * c) + b);
+            __builtin_prefetch((const char *)(G + (i0 + AHEAD_ROWS) * c) + b, 1, 3);
+        }
+        for (int j = 0; j < B; j++)
+            r[j] = j < rows ? _mm512_maskz_loadu_ps(row_mask, Z + (i0 + j) * c)
+                            : _mm512_setzero_ps();
+        fastnn_transpose16(r);
+        /* the max, then exp(z - max) in place and the row sums in class order */
+        __m512 m = r[0];
+        for (ptrdiff_t k = 1; k < c; k++)
+            m = _mm512_max_ps(m, r[k]);
+        __m512 s = _mm512_setzero_ps(), z_label = _mm512_setzero_ps();
+        __m512d z_sum_lo = _mm512_setzero_pd(), z_sum_hi = z_sum_lo;
+        for (ptrdiff_t k = 0; k < c; k++) {
+            z_label = _mm512_mask_mov_ps(
+                z_label, _mm512_cmpeq_epi32_mask(lab, _mm512_set1_epi32((int)k)), r[k]);
+            if (smoothing != 0) {
+                z_sum_lo = _mm512_add_pd(z_sum_lo, _mm512_sub_pd(
+                    _mm512_cvtps_pd(_mm512_castps512_ps256(r[k])),
+                    _mm512_cvtps_pd(_mm512_castps512_ps256(m))));
+                z_sum_hi = _mm512_add_pd(z_sum_hi, _mm512_sub_pd(
+                    _mm512_cvtps_pd(_mm512_extractf32x8_ps(r[k], 1)),
+                    _mm512_cvtps_pd(_mm512_extractf32x8_ps(m, 1))));
+            }
+            r[k] = fastnn_exp16_nonpositive(_mm512_sub_ps(r[k], m));
+            s = _mm512_add_ps(s, r[k]);
+        }
+        /* sum_k y_k (z_k - m) in double, as in the row-at-a-time path */
+        __m512d ydz_lo = _mm512_mul_pd(keep, _mm512_sub_pd(
+            _mm512_cvtps_pd(_mm512_castps512_ps256(z_label)),
+            _mm512_cvtps_pd(_mm512_castps512_ps256(m))));
+        __m512d ydz_hi = _mm512_mul_pd(keep, _mm512_sub_pd(
+            _mm512_cvtps_pd(_mm512_extractf32x8_ps(z_label, 1)),
+            _mm512_cvtps_pd(_mm512_extractf32x8_ps(m, 1))));
+        if (smoothing != 0) {
+            ydz_lo = _mm512_fmadd_pd(spread, z_sum_lo, ydz_lo);
+            ydz_hi = _mm512_fmadd_pd(spread, z_sum_hi, ydz_hi);
+        }
+        /* the gradient: scaled softmax minus the (smoothed, weighted) target */
+        const __m512 inv = _mm512_div_ps(ws, s);
+        for (ptrdiff_t k = 0; k < c; k++) {
+            const __mmask16 is_label = _mm512_cmpeq_epi32_mask(lab, _mm512_set1_epi32((int)k));
+            const __m512 g = _mm512_sub_ps(_mm512_mul_ps(r[k], inv), off);
+            r[k] = _mm512_mask_sub_ps(g, is_label, g, hit);
+        }
+        fastnn_transpose16(r);
+        /* whole-vector stores, each spilling into the next rows, which the
+         * next stores overwrite; masked where one would pass the call's last
+         * row (the rows after it may belong to another thread) */
+        for (int j = 0; j < rows; j++) {
+            if ((i0 + j) * c + B <= n * c)
+                _mm512_storeu_ps(G + (i0 + j) * c, r[j]);
+            else
+                _mm512_mask_storeu_ps(G + (i0 + j) * c, row_mask, r[j]);
+        }
+        if (products) {
+            const __m512 s_live = _mm512_mask_mov_ps(_mm512_set1_ps(1), live, s);
+            product_lo = _mm512_mul_pd(product_lo, _mm512_cvtps_pd(_mm512_castps512_ps256(s_live)));
+            product_hi = _mm512_mul_pd(product_hi, _mm512_cvtps_pd(_mm512_extractf32x8_ps(s_live, 1)));
+            y_dot_z_lo = _mm512_add_pd(y_dot_z_lo, ydz_lo);     /* rows past the last: 0 */
+            y_dot_z_hi = _mm512_add_pd(y_dot_z_hi, ydz_hi);
+            continue;
+        }
+        float s_row[B];
+        double ydz_row[B];
+        _mm512_storeu_ps(s_row, s);
+        _mm512_storeu_pd(ydz_row, ydz_lo);
+        _mm512_storeu_pd(ydz_row + 8, ydz_hi);
+        for (int j = 0; j < rows; j++) {
+            double w = sw != NULL ? sw[i0 + j] : 1.0;
+            double loss = log((double)s_row[j]) - ydz_row[j];
+            if (L != NULL)
+                L[i0 + j] = (float)(w * loss);
+            total += w * loss;
+        }
+    }
+    if (products) {
+        const __m512d product = _mm512_mul_pd(product_lo, product_hi);
+        total = log(_mm512_reduce_mul_pd(_mm512_getmant_pd(product, _MM_MANT_NORM_1_2,
+                                                            _MM_MANT_SIGN_src)))
+                + _mm512_reduce_add_pd(_mm512_getexp_pd(product)) * M_LN2
+                - _mm512_reduce_add_pd(_mm512_add_pd(y_dot_z_lo, y_dot_z_hi));
+    }
+    return total;
+}
+#endif
+
+static double fastnn_xent_labels_small_f(const float *Z, const int64_t *labels,
+                                         const float *sw, float *G, float *L, ptrdiff_t n,
+                                         ptrdiff_t c, double scale, double smoothing)
+{
+#if defined(__AVX512F__)
+    if (c <= 16)
+        return fastnn_xent_labels_lanes16_f(Z, labels, sw, G, L, n, c, scale, smoothing);
+#endif
+    return fastnn_xent_labels_lanes8_f(Z, labels, sw, G, L, n, c, scale, smoothing);
 }
 
 #endif

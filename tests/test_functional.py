@@ -8,6 +8,7 @@ implementations through the ``impl`` fixture.
 import numpy as np
 import pytest
 
+import fastnn
 from fastnn import _kernels, functional, reference
 from conftest import (
     ACTIVATIONS,
@@ -274,10 +275,11 @@ XENT_OPTIONS = [  # (weighted, label_smoothing)
 ]
 
 
-# and the edges of the float32 few-classes path (eight rows at a time, C < 32):
-# several chunks with a partial last block, the widest such rows, the first
-# row-at-a-time width
-XENT_SHAPES = (*SHAPES_2D, (1003, 10), (77, 31), (40, 32))
+# and the edges of the float32 few-classes paths (C < 32: eight rows at a
+# time; C <= 16 on AVX-512: sixteen, each row one vector): several chunks with
+# a partial last block, rows shorter than half a vector in a partial block,
+# the widest rows of each, the first row-at-a-time width
+XENT_SHAPES = (*SHAPES_2D, (1003, 10), (35, 3), (145, 16), (33, 17), (77, 31), (40, 32))
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -296,6 +298,22 @@ def test_softmax_cross_entropy_matches_reference(rng, dtype, shape, reduction, w
     got = functional.softmax_cross_entropy(z, t, out=out, **kwargs)
     assert got[1] is out
     assert_result_close(got, reference.softmax_cross_entropy(z, t, **kwargs), dtype)
+
+
+@pytest.mark.parametrize("c", (1, 3, 7, 10, 16, 17))
+@pytest.mark.parametrize("threads", (1, 2))
+def test_few_class_cross_entropy_writes_only_its_rows(rng, c, threads):
+    # the sixteen-row blocks store whole vectors that spill into the next
+    # rows: never past the last row of a call (nor of a thread's chunk)
+    for n in (1, 15, 16, 17, 33, 129, 300):
+        z = randn(rng, (n, c), np.float32, 3.0)
+        y = labels(rng, n, c)
+        buffer = np.full(n * c + 32, np.nan, np.float32)
+        out = buffer[:n * c].reshape(n, c)
+        with fastnn.num_threads(threads):
+            got = functional.softmax_cross_entropy(z, y, out=out)
+        assert np.isnan(buffer[n * c:]).all(), f"n={n}: wrote past the end"
+        assert_result_close(got, reference.softmax_cross_entropy(z, y), np.float32)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)

@@ -43,7 +43,13 @@ def _kernel_calls(rng, dtype):
     t = rng.uniform(size=z.shape).astype(dtype)
     sw = rng.uniform(0, 2, 70000)
     o = np.tanh(z)
+    z10 = randn(rng, (70001, 10), dtype, 3.0)    # C <= 16: AVX-512's sixteen-row blocks
+    y10 = rng.integers(0, 10, 70001)
+    sw10 = rng.uniform(0, 2, 70001)
     calls = {
+        "xent_few_classes": lambda: F.softmax_cross_entropy(z10, y10),
+        "xent_few_classes_weighted": lambda: F.softmax_cross_entropy(
+            z10, y10, sample_weight=sw10, reduction="none"),
         "softmax": lambda: F.softmax(z),
         "log_softmax": lambda: F.log_softmax(z),
         "xent_index_mean": lambda: F.softmax_cross_entropy(z, y, sample_weight=sw),
