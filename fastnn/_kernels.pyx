@@ -21,7 +21,7 @@ from libc.math cimport (exp, expf, log, logf, log1p, log1pf, tanh, tanhf, sqrt, 
                         fabsf, frexp, M_LN2)
 from libc.stdint cimport int64_t
 from libc.stdlib cimport malloc, calloc, free
-from libc.string cimport memset
+from libc.string cimport memcpy, memset
 from cpython.pythread cimport (PyThread_type_lock, PyThread_allocate_lock,
                                PyThread_acquire_lock, PyThread_release_lock, WAIT_LOCK)
 from scipy.linalg.cython_blas cimport sgemm, dgemm
@@ -47,6 +47,8 @@ cdef enum:
     # one thread: a parallel region's fork and barrier cost microseconds on
     # an idle machine, and up to a scheduler time slice on a busy one.
     MIN_PARALLEL_WORK = 1 << 17
+    # Elements from which a gather of rows is split over the team
+    MIN_PARALLEL_GATHER = 1 << 14
     # Multiply-adds (about 8 us of single-core GEMM) below which a product
     # is not split across the team, for the same reason (measured: at batch
     # 32 the 256 x 128 products of the mlp_epoch network gain from two threads).
@@ -574,6 +576,38 @@ cdef double _xent_chunk(const floating* Z, const int64_t* labels, const floating
     if product_of_sums:
         total += log(s_product) + s_exponent * M_LN2
     return total
+
+
+def gather_rows(const floating[:, ::1] X, const int64_t[::1] index, floating[:, ::1] out):
+    """out[i] = X[index[i]]: a minibatch gathered from shuffled sample
+    indices.  The rows lie scattered through memory, so the copy waits on
+    memory: it is split over the team from a few dozen rows on (two cores
+    keep twice the misses in flight), and each row prefetches the one two
+    ahead.  IndexError when an index lies outside [0, len(X))."""
+    cdef Py_ssize_t n = index.shape[0], d = X.shape[1], i
+    if out.shape[0] != n or out.shape[1] != d:
+        raise ValueError(f"out must have shape ({n}, {d}), got ({out.shape[0]}, {out.shape[1]})")
+    if n == 0:
+        return
+    if fastnn_count_outside(&index[0], n, X.shape[0]) != 0:
+        raise IndexError(f"index must lie in [0, {X.shape[0]})")
+    cdef const floating* src = &X[0, 0]
+    cdef floating* dst = &out[0, 0]
+    cdef const int64_t* rows = &index[0]
+    if _n_threads > 1 and n * d >= MIN_PARALLEL_GATHER:
+        for i in prange(n, nogil=True, schedule="static", num_threads=_n_threads):
+            _copy_row(src, rows, dst, i, n, d)
+    else:
+        with nogil:
+            for i in range(n):
+                _copy_row(src, rows, dst, i, n, d)
+
+
+cdef inline void _copy_row(const floating* X, const int64_t* rows, floating* out, Py_ssize_t i,
+                           Py_ssize_t n, Py_ssize_t d) noexcept nogil:
+    if i + 2 < n:
+        fastnn_prefetch(X + rows[i + 2] * d, d * sizeof(floating))
+    memcpy(out + i * d, X + rows[i] * d, d * sizeof(floating))
 
 
 def count_outside(const int64_t[::1] labels, int64_t n_classes):

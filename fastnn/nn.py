@@ -758,8 +758,9 @@ def _model_dtype(model, X):
 
 class _BatchGather:
     """Rows of X, y (and sample weights) gathered by index into buffers of
-    ``rows`` rows allocated once, not fancy-indexed copies.  Shared by
-    ``fit`` and ``fastnn.distributed.fit``."""
+    ``rows`` rows allocated once, not fancy-indexed copies: float matrices
+    (X, soft targets) by the compiled, threaded row copy, the rest by
+    ``np.take``.  Shared by ``fit`` and ``fastnn.distributed.fit``."""
 
     def __init__(self, X, y, sample_weight, rows):
         self.arrays = (X, y, sample_weight)
@@ -767,10 +768,17 @@ class _BatchGather:
                              for a in self.arrays)
 
     def __call__(self, idx):
-        # mode="clip": the indices are valid, and "raise" would buffer the output
-        return tuple(None if a is None else np.take(a, idx, axis=0, out=buf[:len(idx)],
-                                                    mode="clip")
+        idx = np.ascontiguousarray(idx, dtype=np.int64)
+        return tuple(None if a is None else self._gather(a, idx, buf[:len(idx)])
                      for a, buf in zip(self.arrays, self.buffers))
+
+    @staticmethod
+    def _gather(array, idx, out):
+        if array.ndim == 2 and array.dtype in (np.float32, np.float64) and array.flags.c_contiguous:
+            _kernels.gather_rows(array, idx, out)
+            return out
+        # mode="clip": the indices are valid, and "raise" would buffer the output
+        return np.take(array, idx, axis=0, out=out, mode="clip")
 
 
 class _Callbacks:

@@ -11,7 +11,8 @@ import pytest
 
 from conftest import ACTIVATIONS, DTYPES, assert_close, assert_close_accumulated, \
     assert_gradient_matches
-from fastnn import nn, optim, reference
+import fastnn
+from fastnn import _kernels, nn, optim, reference
 from fastnn._gradcheck import gradcheck
 
 ACTIVATION_LAYERS = {"identity": nn.Identity, "sigmoid": nn.Sigmoid, "tanh": nn.Tanh,
@@ -510,6 +511,48 @@ def test_fit_without_shuffle_is_train_step_in_order(rng):
     assert history[-1] == pytest.approx(expected, rel=1e-12)
     for a, b in zip(model.parameters(), manual.parameters()):
         assert np.array_equal(a.data, b.data)
+
+
+def test_fit_with_shuffle_is_train_step_on_the_shuffled_rows(rng):
+    # the batches that fit gathers (X and soft targets by the compiled row
+    # copy, weights by np.take) are the rows of its shuffled order
+    X, y, w = rng.normal(size=(70, 5)), rng.dirichlet(np.ones(3), 70), rng.uniform(0.5, 2.0, 70)
+
+    def make():
+        model = nn.Sequential(nn.Dense(5, 4, "relu", dtype=np.float64, rng=0),
+                              nn.Dense(4, 3, dtype=np.float64, rng=1))
+        return model, optim.SGD(model.parameters(), lr=0.1)
+
+    model, opt = make()
+    nn.fit(model, nn.SoftmaxCrossEntropy(), opt, X, y, epochs=2, batch_size=32, rng=5,
+           sample_weight=w)
+    manual, manual_opt = make()
+    order, shuffler = np.arange(70), np.random.default_rng(5)
+    for _ in range(2):
+        shuffler.shuffle(order)
+        for s in range(0, 70, 32):
+            rows = order[s:s + 32]
+            nn.train_step(manual, nn.SoftmaxCrossEntropy(), manual_opt, X[rows], y[rows], w[rows])
+    for a, b in zip(model.parameters(), manual.parameters()):
+        assert np.array_equal(a.data, b.data)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("threads", (1, 2))
+def test_gather_rows(rng, dtype, threads):
+    X = rng.normal(size=(3000, 37)).astype(dtype)
+    for n in (0, 1, 7, 1000, 3000):             # from one thread's share to the team's
+        idx = rng.integers(0, 3000, n)
+        out = np.full((n, 37), np.nan, dtype)
+        with fastnn.num_threads(threads):
+            _kernels.gather_rows(X, idx, out)
+        np.testing.assert_array_equal(out, X[idx])
+    out = np.empty((2, 37), dtype)
+    for bad in ([0, 3000], [-1, 0]):
+        with pytest.raises(IndexError, match="index"):
+            _kernels.gather_rows(X, np.array(bad), out)
+    with pytest.raises(ValueError, match="out must have shape"):
+        _kernels.gather_rows(X, np.arange(3), out)
 
 
 def test_fit_callbacks_and_mode(rng):
