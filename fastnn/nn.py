@@ -723,13 +723,17 @@ def _stack_plan(model, loss, n, dtype):
     gradient buffer: checked and gathered once, then reused (in training
     mode) while the batch size, the loss and every parameter array stay the
     same objects -- a step then spends no Python time on them."""
-    params = [p for layer in model.layers for p in (layer.weight, layer.bias) if p is not None]
-    arrays = [a for p in params for a in (p.data, p.grad)]
+    arrays = []
+    for layer in model.layers:
+        arrays += (layer.weight.grad, layer.weight.data)
+        if layer.bias is not None:
+            arrays += (layer.bias.grad, layer.bias.data)
     cached = model._stack_cache
-    # (an array's layout and dtype cannot change in place; its writeability can)
-    if (cached is not None and cached[0] == n and cached[1] is loss and len(cached[2]) == len(arrays)
-            and all(a is b for a, b in zip(cached[2], arrays))
-            and all(p.grad.flags.writeable for p in params)):
+    # (an array's layout and dtype cannot change in place; its writeability
+    # can: the grads must stay writeable, and a read-only weight, which the
+    # kernel would only read, just misses the cache)
+    if (cached is not None and cached[0] == n and cached[1] is loss
+            and _kernels.same_writeable_arrays(cached[2], arrays)):
         return cached[3], cached[4]
     plan = []
     for i, layer in enumerate(model.layers):

@@ -31,6 +31,7 @@ import numbers
 import numpy as np
 
 from ._checks import check_real
+from . import _kernels
 from . import functional as F
 from .nn import Parameter
 
@@ -117,20 +118,21 @@ class Optimizer:
         be None.  Checked once and reused while every array stays the same
         object, C-contiguous in the parameter's dtype (no converted copy) and
         writeable -- an update then spends no Python time on its arrays."""
+        flat = []
+        for p, *s in zip(self.params, *(a for _, a in states)):
+            flat += (p.data, p.grad, *s)
+        cached = self._views
+        if cached is not None and _kernels.same_writeable_arrays(cached[0], flat):
+            return cached[1]
         names = [name for name, _ in states]
         arrays = [(p.data, p.grad, *s) for p, *s in zip(self.params, *(a for _, a in states))]
-        cached = self._views
-        if (cached is not None and len(cached[0]) == len(arrays)
-                and all(x is y for old, new in zip(cached[0], arrays) for x, y in zip(old, new))
-                and all(a.flags.writeable for row in arrays for a in row if a is not None)):
-            return cached[1]
         views = []
         for data, grad, *state in arrays:
             p, g = F._param_and_grad(data, grad)
             views.append((p, g, *(None if s is None else F._state(s, name, data)
                                   for name, s in zip(names, state))))
         reusable = all(g.dtype == d.dtype and g.flags.c_contiguous for d, g, *_ in arrays)
-        self._views = (arrays, views) if reusable else None
+        self._views = (flat, views) if reusable else None
         return views
 
     def state_dict(self):
