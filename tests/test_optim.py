@@ -12,7 +12,7 @@ import warnings
 import numpy as np
 import pytest
 
-from fastnn import nn, optim, reference
+from fastnn import _kernels, nn, optim, reference
 from fastnn.nn import Parameter
 
 N_STEPS = 5
@@ -496,3 +496,16 @@ def test_checked_arrays_are_checked_again_when_replaced(make):
     p.data.flags.writeable = False
     with pytest.raises(ValueError, match="writeable"):
         opt.step()
+
+
+def test_same_writeable_arrays():
+    # the per-step test behind those caches
+    a, b = np.zeros(3), np.zeros(3)
+    same = _kernels.same_writeable_arrays
+    assert same([a, None, b], [a, None, b])
+    assert not same([a, b], [a, b.copy()])          # another object, equal values
+    assert not same([a, b], [a])
+    assert not same([a, None], [a, b])
+    b.flags.writeable = False
+    assert not same([a, b], [a, b])
+    assert not same(["x"], ["x"])                   # not an array
