@@ -355,6 +355,22 @@ static double fastnn_logistic_rows_f(const float *z, const float *t, const float
     return total;
 }
 
+/* The block's rows' losses w_i (log s_i - y.z_i) into L (unless NULL; sw
+ * NULL: w_i = 1); returns their sum. */
+static inline double fastnn_xent_row_losses(const float *s, const double *y_dot_z,
+                                            const float *sw, float *L, ptrdiff_t rows)
+{
+    double total = 0;
+    for (ptrdiff_t j = 0; j < rows; j++) {
+        double w = sw != NULL ? sw[j] : 1.0;
+        double loss = log((double)s[j]) - y_dot_z[j];
+        if (L != NULL)
+            L[j] = (float)(w * loss);
+        total += w * loss;
+    }
+    return total;
+}
+
 /* Fused softmax cross-entropy of n <= 1024 rows of c < FASTNN_XENT_SMALL
  * classes with class-index targets, float32: G = scale w (softmax(z) - y),
  * y = (1 - smoothing) onehot(label) + smoothing / c; L[i] = w_i l_i unless
@@ -461,13 +477,8 @@ static double fastnn_xent_labels_lanes8_f(const float *Z, const int64_t *labels,
             }
             continue;
         }
-        for (ptrdiff_t j = 0; j < rows; j++) {
-            double w = sw != NULL ? sw[i0 + j] : 1.0;
-            double loss = log((double)s[j]) - y_dot_z[j];
-            if (L != NULL)
-                L[i0 + j] = (float)(w * loss);
-            total += w * loss;
-        }
+        total += fastnn_xent_row_losses(s, y_dot_z, sw != NULL ? sw + i0 : NULL,
+                                        L != NULL ? L + i0 : NULL, rows);
     }
     if (products)
         for (int j = 0; j < B; j++)
@@ -623,13 +634,8 @@ static double fastnn_xent_labels_lanes16_f(const float *Z, const int64_t *labels
         _mm512_storeu_ps(s_row, s);
         _mm512_storeu_pd(ydz_row, ydz_lo);
         _mm512_storeu_pd(ydz_row + 8, ydz_hi);
-        for (int j = 0; j < rows; j++) {
-            double w = sw != NULL ? sw[i0 + j] : 1.0;
-            double loss = log((double)s_row[j]) - ydz_row[j];
-            if (L != NULL)
-                L[i0 + j] = (float)(w * loss);
-            total += w * loss;
-        }
+        total += fastnn_xent_row_losses(s_row, ydz_row, sw != NULL ? sw + i0 : NULL,
+                                        L != NULL ? L + i0 : NULL, rows);
     }
     if (products) {
         const __m512d product = _mm512_mul_pd(product_lo, product_hi);
