@@ -246,8 +246,8 @@ def build_info():
         info["blas"] = (f"{_BLAS['internal_api']} {_BLAS['version']} "
                         f"({_BLAS.get('architecture', '?')}, {_BLAS['filepath']}, "
                         + ("64-bit-integer GEMM)" if gemm64 else "scipy.linalg.cython_blas)"))
-    info["gemm"] = ("fastnn's AVX-512 GEMM for float32 products of at least 32 rows, columns "
-                    "and terms; BLAS for the rest" if _kernels.own_gemm() else "BLAS")
+    info["gemm"] = ("fastnn's AVX-512 GEMM for float32 products of at least 32 rows and "
+                    "columns; BLAS for the rest" if _kernels.own_gemm() else "BLAS")
     info["blas_thread_control"] = {
         "thread-local": "thread-local: one BLAS thread per call, inside fastnn's OpenMP team",
         "global": "global: one BLAS thread per call, inside fastnn's OpenMP team; the BLAS's "

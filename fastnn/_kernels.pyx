@@ -71,9 +71,11 @@ cdef enum:
     GEMM_MIN_TILES = 2
     GEMM_MIN_TILE_SIDE = 32
     # fastnn's AVX-512 GEMM takes the float32 products (tiles) with at least
-    # this many rows, columns and terms: it packs its operands, which smaller
-    # ones do not repay (measured against single-threaded OpenBLAS on its
-    # AVX2 kernels: 1.2-1.8x faster above, 0.4-0.9x below on 1-16 rows).
+    # this many rows and columns: it packs its operands, which smaller ones
+    # do not repay (measured against single-threaded OpenBLAS on its AVX2
+    # kernels: 1.2-1.8x faster above, 0.4-0.9x below on 1-16 rows).  Any
+    # number of terms: with 4-24 (a classifier layer's delta times W^T, or a
+    # small batch's dW) it measured 1.2-2.1x faster too, with 1 the same.
     OWN_GEMM_MIN_SIDE = 32
 
 # Loss codes: pointwise_loss's ``which`` (functional.py passes 0 and 1) and
@@ -967,12 +969,12 @@ cdef inline int _own_product(bint trans_a, bint trans_b, Py_ssize_t m, Py_ssize_
     """C = op(A) op(B) on fastnn's own float32 GEMMs where they were measured
     to beat BLAS: fastnn_narrow_f for at most FASTNN_NARROW_F columns (dW-type
     products, op(A) = A^T, from 1 column, forward products from 9), else
-    fastnn_gemm_f on AVX-512 from OWN_GEMM_MIN_SIDE on every side.  Returns 0
+    fastnn_gemm_f on AVX-512 from OWN_GEMM_MIN_SIDE rows and columns.  Returns 0
     when done, else -1 and BLAS computes it."""
     if floating is float:
         if not trans_b and n <= FASTNN_NARROW_F and (trans_a or 2 * n > FASTNN_NARROW_F):
             return fastnn_narrow_f(trans_a, m, n, k, A, lda, B, ldb, C, ldc)
-        if _own_gemm and min(m, n, k) >= OWN_GEMM_MIN_SIDE:
+        if _own_gemm and min(m, n) >= OWN_GEMM_MIN_SIDE:
             return fastnn_gemm_f(trans_a, trans_b, m, n, k, A, lda, B, ldb, C, ldc)
     return -1
 

@@ -14,12 +14,13 @@ needs_own_gemm = pytest.mark.skipif(
     not HAVE_OWN_GEMM, reason=f"fastnn's GEMM is compiled into the x86-64-v4 variant only; "
                               f"this process runs {_kernels.SIMD_VARIANT}")
 
-# (m, n, k), all >= 32 so that the tiles reach fastnn's GEMM: rows not a
+# (m, n, k), m and n >= 32 so that the tiles reach fastnn's GEMM: rows not a
 # multiple of its 8-row micro-kernel, columns ending in a partial 32-wide and
-# a partial 16-wide panel, k over one 384-term block (accumulated into C),
-# m over its 256-row block, and products the tile grid splits over threads.
-SHAPES = ((32, 32, 32), (37, 33, 35), (45, 40, 100), (64, 48, 385), (300, 63, 50),
-          (130, 257, 800), (700, 300, 290))
+# a partial 16-wide panel, a few terms (fewer than one 8 x 8 block of the
+# packing), k over one 384-term block (accumulated into C), m over its
+# 256-row block, and products the tile grid splits over threads.
+SHAPES = ((32, 32, 32), (37, 33, 35), (64, 40, 1), (128, 256, 10), (45, 40, 100),
+          (64, 48, 385), (300, 63, 50), (130, 257, 800), (700, 300, 290))
 BACKENDS = ("fastnn", "blas") if HAVE_OWN_GEMM else ("blas",)
 
 
