@@ -20,7 +20,8 @@ SCRATCH="$(mktemp -d "${TMPDIR:-/tmp}/fastnn-sanitize.XXXXXX")"
 trap 'rm -rf "$SCRATCH"' EXIT
 
 TESTS=()
-for t in tests/test_functional.py tests/test_properties.py tests/test_gemm.py tests/test_exp.py; do
+for t in tests/test_functional.py tests/test_properties.py tests/test_gemm.py tests/test_exp.py \
+         tests/test_nn.py tests/test_fused_step.py; do
     [[ -f "$ROOT/$t" ]] && TESTS+=("$t")
 done
 
