@@ -80,3 +80,11 @@ def test_shifted_exp_every_length_leaves_the_rest_alone(m):
         np.testing.assert_allclose(buffer[:c], exact, rtol=3e-7, atol=0)
         assert np.isnan(buffer[c:]).all(), f"c={c}: wrote past the end"
         np.testing.assert_allclose(total, exact.sum(), rtol=1e-6)
+
+
+def test_exp_entry_points_refuse_a_short_out():
+    x = np.zeros(5, np.float32)
+    for call in (lambda out: _kernels.exp_f32(x, out),
+                 lambda out: _kernels.exp_shifted_f32(x, out, 0.0)):
+        with pytest.raises(ValueError, match="out must hold"):
+            call(np.empty(4, np.float32))
