@@ -383,9 +383,11 @@ static inline double fastnn_xent_row_losses(const float *s, const double *y_dot_
  * the eight rows, then transposed back.  Lanes past the last row compute
  * on zero rows and are dropped.  The row sums are added in class order and,
  * unweighted without L, sum_i log s_i is taken as the logs of one product per
- * lane (at most 128 factors <= c each, so no overflow in double). */
+ * lane (at most 128 factors <= c each, so no overflow in double).  AVX-512
+ * builds take sixteen rows at a time instead (fastnn_xent_labels_lanes16_f). */
 enum { FASTNN_XENT_SMALL = 32, FASTNN_XENT_LANES = 8 };
 
+#if !defined(__AVX512F__)     /* AVX-512 has the sixteen-lane form below */
 static double fastnn_xent_labels_lanes8_f(const float *Z, const int64_t *labels,
                                           const float *sw, float *G, float *L, ptrdiff_t n,
                                           ptrdiff_t c, double scale, double smoothing)
@@ -486,6 +488,8 @@ static double fastnn_xent_labels_lanes8_f(const float *Z, const int64_t *labels,
     return total;
 }
 
+#endif
+
 #if defined(__AVX512F__)
 /* r[0:16] := its transpose (r[j] lane k = element (j, k) of a 16 x 16 block):
  * unpacks of pairs of floats, then of pairs of pairs, then two rounds of
@@ -519,21 +523,24 @@ static inline void fastnn_transpose16(__m512 r[16])
         r[i] = t[i];
 }
 
-/* fastnn_xent_labels_lanes8_f for c <= 16 on AVX-512: sixteen rows per
- * block, each loaded into a register and the 16 x 16 block transposed in
- * registers (the eight-lane form's strided copies cost more than its
- * arithmetic), so that row j is lane j of every column; the same steps in
- * the same order, then transposed back and stored row by row.  Rows past
+/* fastnn_xent_labels_lanes8_f on AVX-512: sixteen rows per block, each
+ * loaded into one register (two where c > 16) and each 16 x 16 block
+ * transposed in registers (the eight-lane form's strided copies cost more
+ * than its arithmetic), so that row j is lane j of every class; the same
+ * steps in the same order, then transposed back and stored row by row.  Rows past
  * the last are zero and never stored.  Unweighted without L, the loss takes
  * one log per call: each lane multiplies its row sums (each in [1, c]; with
  * n <= 1024, at most 128 factors per pair of lanes, below 16^128 = 2^512),
  * and the lanes' products are combined as mantissas and exponents. */
-static double fastnn_xent_labels_lanes16_f(const float *Z, const int64_t *labels,
-                                           const float *sw, float *G, float *L, ptrdiff_t n,
-                                           ptrdiff_t c, double scale, double smoothing)
+static inline __attribute__((always_inline)) double fastnn_xent_lanes16_f(
+    const float *Z, const int64_t *labels, const float *sw, float *G, float *L, ptrdiff_t n,
+    ptrdiff_t c, double scale, double smoothing, const int halves)
 {
     enum { B = 16, AHEAD_ROWS = 2 * B };
-    const __mmask16 row_mask = (__mmask16)((1u << c) - 1);
+    /* a row's classes 0-15 and 16-31 (the second half, halves = 2, for c > 16) */
+    const __mmask16 half_mask[2] = {
+        c >= B ? (__mmask16)0xFFFF : (__mmask16)((1u << c) - 1),
+        c > B ? (__mmask16)((1u << (c - B)) - 1) : (__mmask16)0};
     const float smooth_c = (float)(smoothing / c);
     const int products = sw == NULL && L == NULL;
     const __m512d keep = _mm512_set1_pd(1 - smoothing), spread = _mm512_set1_pd(smoothing / c);
@@ -543,7 +550,7 @@ static double fastnn_xent_labels_lanes16_f(const float *Z, const int64_t *labels
     __m512d product_lo = _mm512_set1_pd(1), product_hi = product_lo;
     __m512d y_dot_z_lo = _mm512_setzero_pd(), y_dot_z_hi = y_dot_z_lo;
     double total = 0;
-    __m512 r[B];
+    __m512 r[2 * B];
     for (ptrdiff_t i0 = 0; i0 < n; i0 += B) {
         const int rows = n - i0 < B ? (int)(n - i0) : B;
         const __mmask16 live = (__mmask16)((1u << rows) - 1);
@@ -569,10 +576,12 @@ static double fastnn_xent_labels_lanes16_f(const float *Z, const int64_t *labels
             FASTNN_PREFETCH((const char *)(Z + (i0 + AHEAD_ROWS) * c) + b);
             __builtin_prefetch((const char *)(G + (i0 + AHEAD_ROWS) * c) + b, 1, 3);
         }
-        for (int j = 0; j < B; j++)
-            r[j] = j < rows ? _mm512_maskz_loadu_ps(row_mask, Z + (i0 + j) * c)
-                            : _mm512_setzero_ps();
-        fastnn_transpose16(r);
+        for (int h = 0; h < halves; h++) {
+            for (int j = 0; j < B; j++)
+                r[h * B + j] = j < rows ? _mm512_maskz_loadu_ps(half_mask[h], Z + (i0 + j) * c + h * B)
+                                        : _mm512_setzero_ps();
+            fastnn_transpose16(r + h * B);     /* r[k]: class k of the sixteen rows */
+        }
         /* the max, then exp(z - max) in place and the row sums in class order */
         __m512 m = r[0];
         for (ptrdiff_t k = 1; k < c; k++)
@@ -611,16 +620,19 @@ static double fastnn_xent_labels_lanes16_f(const float *Z, const int64_t *labels
             const __m512 g = _mm512_sub_ps(_mm512_mul_ps(r[k], inv), off);
             r[k] = _mm512_mask_sub_ps(g, is_label, g, hit);
         }
-        fastnn_transpose16(r);
+        for (int h = 0; h < halves; h++)
+            fastnn_transpose16(r + h * B);     /* r[h * B + j]: half h of row j */
         /* whole-vector stores, each spilling into the next rows, which the
          * next stores overwrite; masked where one would pass the call's last
          * row (the rows after it may belong to another thread) */
-        for (int j = 0; j < rows; j++) {
-            if ((i0 + j) * c + B <= n * c)
-                _mm512_storeu_ps(G + (i0 + j) * c, r[j]);
-            else
-                _mm512_mask_storeu_ps(G + (i0 + j) * c, row_mask, r[j]);
-        }
+        for (int j = 0; j < rows; j++)
+            for (int h = 0; h < halves; h++) {
+                float *g = G + (i0 + j) * c + h * B;
+                if (g + B <= G + n * c)
+                    _mm512_storeu_ps(g, r[h * B + j]);
+                else
+                    _mm512_mask_storeu_ps(g, half_mask[h], r[h * B + j]);
+            }
         if (products) {
             const __m512 s_live = _mm512_mask_mov_ps(_mm512_set1_ps(1), live, s);
             product_lo = _mm512_mul_pd(product_lo, _mm512_cvtps_pd(_mm512_castps512_ps256(s_live)));
@@ -646,6 +658,18 @@ static double fastnn_xent_labels_lanes16_f(const float *Z, const int64_t *labels
     }
     return total;
 }
+
+/* The two-half form for c > 16 and the one-half form, each compiled with
+ * its number of halves a constant (a variable one kept the registers of
+ * the c <= 16 form in memory: 10-20% slower). */
+static double fastnn_xent_labels_lanes16_f(const float *Z, const int64_t *labels,
+                                           const float *sw, float *G, float *L, ptrdiff_t n,
+                                           ptrdiff_t c, double scale, double smoothing)
+{
+    if (c > 16)
+        return fastnn_xent_lanes16_f(Z, labels, sw, G, L, n, c, scale, smoothing, 2);
+    return fastnn_xent_lanes16_f(Z, labels, sw, G, L, n, c, scale, smoothing, 1);
+}
 #endif
 
 static double fastnn_xent_labels_small_f(const float *Z, const int64_t *labels,
@@ -653,10 +677,10 @@ static double fastnn_xent_labels_small_f(const float *Z, const int64_t *labels,
                                          ptrdiff_t c, double scale, double smoothing)
 {
 #if defined(__AVX512F__)
-    if (c <= 16)
-        return fastnn_xent_labels_lanes16_f(Z, labels, sw, G, L, n, c, scale, smoothing);
-#endif
+    return fastnn_xent_labels_lanes16_f(Z, labels, sw, G, L, n, c, scale, smoothing);
+#else
     return fastnn_xent_labels_lanes8_f(Z, labels, sw, G, L, n, c, scale, smoothing);
+#endif
 }
 
 #endif

@@ -507,7 +507,7 @@ cdef double _xent_chunk(const floating* Z, const int64_t* labels, const floating
     the shifted rows goes to the gradient rows (_exp_rows), then one pass per
     row scales them and subtracts the target, accumulating sum_k y_k (z_k - m).
     float32 rows of a few classes with class indices go eight rows at a time,
-    sixteen on AVX-512 where C <= 16 (fastnn_xent_labels_small_f).
+    sixteen on AVX-512 (fastnn_xent_labels_small_f).
     """
     cdef double total = 0, loss, y_dot_z, y_sum, z_sum
     cdef const floating* z

@@ -276,9 +276,10 @@ XENT_OPTIONS = [  # (weighted, label_smoothing)
 
 
 # and the edges of the float32 few-classes paths (C < 32: eight rows at a
-# time; C <= 16 on AVX-512: sixteen, each row one vector): several chunks with
-# a partial last block, rows shorter than half a vector in a partial block,
-# the widest rows of each, the first row-at-a-time width
+# time; on AVX-512 sixteen, each row one vector, two from C = 17): several
+# chunks with a partial last block, rows shorter than half a vector in a
+# partial block, the widest one-vector rows, the narrowest and widest
+# two-vector rows, the first row-at-a-time width
 XENT_SHAPES = (*SHAPES_2D, (1003, 10), (35, 3), (145, 16), (33, 17), (77, 31), (40, 32))
 
 
@@ -300,7 +301,7 @@ def test_softmax_cross_entropy_matches_reference(rng, dtype, shape, reduction, w
     assert_result_close(got, reference.softmax_cross_entropy(z, t, **kwargs), dtype)
 
 
-@pytest.mark.parametrize("c", (1, 3, 7, 10, 16, 17))
+@pytest.mark.parametrize("c", (1, 3, 7, 10, 16, 17, 24, 31))
 @pytest.mark.parametrize("threads", (1, 2))
 def test_few_class_cross_entropy_writes_only_its_rows(rng, c, threads):
     # the sixteen-row blocks store whole vectors that spill into the next
