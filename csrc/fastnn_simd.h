@@ -527,11 +527,12 @@ static inline void fastnn_transpose16(__m512 r[16])
  * loaded into one register (two where c > 16) and each 16 x 16 block
  * transposed in registers (the eight-lane form's strided copies cost more
  * than its arithmetic), so that row j is lane j of every class; the same
- * steps in the same order, then transposed back and stored row by row.  Rows past
- * the last are zero and never stored.  Unweighted without L, the loss takes
- * one log per call: each lane multiplies its row sums (each in [1, c]; with
- * n <= 1024, at most 128 factors per pair of lanes, below 16^128 = 2^512),
- * and the lanes' products are combined as mantissas and exponents. */
+ * steps in the same order, then transposed back and stored row by row.
+ * Rows past the last are zero and never stored.  Unweighted without L, the
+ * loss takes one log per call: each lane multiplies its row sums (each in
+ * [1, c], c <= 31; with n <= 1024, at most 128 factors per pair of lanes,
+ * below 31^128 < 2^635), and the lanes' products are combined as mantissas
+ * and exponents. */
 static inline __attribute__((always_inline)) double fastnn_xent_lanes16_f(
     const float *Z, const int64_t *labels, const float *sw, float *G, float *L, ptrdiff_t n,
     ptrdiff_t c, double scale, double smoothing, const int halves)
