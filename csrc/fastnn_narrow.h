@@ -13,7 +13,8 @@
  * interleaved runs): dW 1.2-1.7x faster for 4 to 16 columns; the forward
  * product 1.1-1.4x faster for 10 to 16 columns but slower for 8 or fewer
  * (0.8x), so the caller (_own_product) uses it only where it wins.  The
- * third product of a layer, delta W^T, was slower this way and stays on BLAS.
+ * third product of a layer, delta W^T, was slower this way: it goes to
+ * fastnn_gemm.h (AVX-512) or BLAS.
  *
  * Row-major.  Every element of C is one dot product summed in order over p,
  * so results do not depend on how the caller tiles C over threads.

@@ -12,10 +12,10 @@ import concurrent.futures
 import dataclasses
 import datetime
 import gc
+import json
 import math
 import os
 import platform
-import json
 import statistics
 import subprocess
 import sys
