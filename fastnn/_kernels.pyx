@@ -916,6 +916,28 @@ cdef struct TileGrid:
     Py_ssize_t m, n, row_tiles, col_tiles, tile_rows, tile_cols
 
 
+cdef struct SgdUpdate:
+    # One parameter's SGD update (csrc/fastnn_update.h): applied block by
+    # block by sgd_step, or by dense_stack_step where it computes the
+    # gradient, while that is still in cache.
+    void* p             # the parameter (float* or double*, flat)
+    void* v             # its velocity, NULL without momentum
+    double lr, momentum, l2, l1   # l2, l1 zero for a parameter not regularised
+    bint nesterov
+
+
+cdef inline void _sgd_apply(const SgdUpdate* u, const floating* g, Py_ssize_t at,
+                            Py_ssize_t n) noexcept nogil:
+    """u's update of elements [at, at + n) of its parameter, given their
+    gradient ``g`` (the gradient's element ``at`` onwards)."""
+    if floating is float:
+        fastnn_sgd_f(<float*>u.p + at, g, <float*>u.v + at if u.v != NULL else NULL, n,
+                     <float>u.lr, <float>u.momentum, u.nesterov, <float>u.l2, <float>u.l1)
+    else:
+        fastnn_sgd_d(<double*>u.p + at, g, <double*>u.v + at if u.v != NULL else NULL, n,
+                     u.lr, u.momentum, u.nesterov, u.l2, u.l1)
+
+
 cdef inline TileGrid _tile_grid(Py_ssize_t m, Py_ssize_t n, Py_ssize_t k) noexcept nogil:
     """The output tiling of an (m, n) = (m, k)(k, n) product: a single tile
     below MIN_PARALLEL_GEMM, else near-equal tiles of at most GEMM_TILE_ROWS
@@ -984,15 +1006,17 @@ cdef inline int _own_product(bint trans_a, bint trans_b, Py_ssize_t m, Py_ssize_
 cdef void _gemm_tile(const TileGrid* g, Py_ssize_t t, bint trans_a, bint trans_b,
                      Py_ssize_t k, const floating* A, Py_ssize_t lda, const floating* B,
                      Py_ssize_t ldb, floating* C, Py_ssize_t ldc, const floating* bias,
-                     int kind, floating alpha) noexcept nogil:
+                     int kind, floating alpha, const SgdUpdate* update) noexcept nogil:
     """Tile ``t`` of the row-major C = op(A) op(B) on one of fastnn's GEMMs
-    (_own_product) or single-threaded BLAS, then (when ``bias`` or ``kind``
-    asks for it) the bias + activation epilogue while the tile is in cache.
+    (_own_product) or single-threaded BLAS, then, while the tile is in
+    cache, the bias + activation epilogue (when ``bias`` or ``kind`` asks
+    for it) or, C being a gradient, the SGD ``update`` of its parameter.
     BLAS gets it as the column-major C^T = op(B)^T op(A)^T."""
     cdef Py_ssize_t i0 = (t // g.col_tiles) * g.tile_rows, j0 = (t % g.col_tiles) * g.tile_cols
     cdef Py_ssize_t i1 = min(i0 + g.tile_rows, g.m), j1 = min(j0 + g.tile_cols, g.n)
     cdef const floating* a = A + (i0 if trans_a else i0 * lda)
     cdef const floating* b = B + (j0 * ldb if trans_b else j0)
+    cdef Py_ssize_t i
     cdef int previous
     if i1 <= i0 or j1 <= j0:
         return
@@ -1005,24 +1029,30 @@ cdef void _gemm_tile(const TileGrid* g, Py_ssize_t t, bint trans_a, bint trans_b
         _blas_single_end(previous)
     if bias != NULL or kind != IDENTITY:
         _bias_activation(C, bias, i0, i1, j0, j1, ldc, kind, alpha)
+    if update != NULL:
+        for i in range(i0, i1):
+            _sgd_apply(update, C + i * ldc + j0, i * ldc + j0, j1 - j0)
 
 
 cdef void _gemm_tiled(bint trans_a, bint trans_b, Py_ssize_t m, Py_ssize_t n, Py_ssize_t k,
                       const floating* A, Py_ssize_t lda, const floating* B, Py_ssize_t ldb,
                       floating* C, Py_ssize_t ldc, const floating* bias, int kind,
-                      floating alpha) noexcept nogil:
-    """Row-major C (m, n) = op(A) op(B) [+ bias, activation], its tiles
-    spread over the team (dynamically: any thread may take any tile, the
-    result is the same), each on single-threaded BLAS."""
+                      floating alpha, const SgdUpdate* update=NULL) noexcept nogil:
+    """Row-major C (m, n) = op(A) op(B) [+ bias, activation] [then the
+    ``update`` of the parameter C is the gradient of], its tiles spread over
+    the team (dynamically: any thread may take any tile, the result is the
+    same), each on single-threaded BLAS."""
     cdef TileGrid g = _tile_grid(m, n, k)
     cdef Py_ssize_t n_tiles = g.row_tiles * g.col_tiles, t
     _blas_product_begin()
     if _n_threads > 1 and n_tiles > 1:    # the grid already has one tile below the threshold
         for t in prange(n_tiles, schedule="dynamic", num_threads=_n_threads):
-            _gemm_tile(&g, t, trans_a, trans_b, k, A, lda, B, ldb, C, ldc, bias, kind, alpha)
+            _gemm_tile(&g, t, trans_a, trans_b, k, A, lda, B, ldb, C, ldc, bias, kind, alpha,
+                       update)
     else:
         for t in range(n_tiles):
-            _gemm_tile(&g, t, trans_a, trans_b, k, A, lda, B, ldb, C, ldc, bias, kind, alpha)
+            _gemm_tile(&g, t, trans_a, trans_b, k, A, lda, B, ldb, C, ldc, bias, kind, alpha,
+                       update)
     _blas_product_end()
 
 
@@ -1194,9 +1224,13 @@ def dense_backward_plain(A, W, O, grad_out, out, bint need_input_grad, bint over
 cdef void _dense_backward_rows(const floating* A, const floating* W, const floating* O,
                                const floating* G, floating* D, floating* dA, floating* dW,
                                floating* db, Py_ssize_t n, Py_ssize_t n_in, Py_ssize_t n_out,
-                               int kind, floating alpha, double* partial) noexcept nogil:
+                               int kind, floating alpha, double* partial,
+                               const SgdUpdate* update_w=NULL,
+                               const SgdUpdate* update_b=NULL) noexcept nogil:
     """The body of dense_backward (dA may be NULL); ``partial`` holds
-    n_chunks x n_out doubles."""
+    n_chunks x n_out doubles.  With ``update_w`` (and ``update_b`` where
+    there is a bias) SGD updates W (b) as soon as dW (db) is known: dA,
+    which reads W, comes first."""
     cdef Py_ssize_t n_chunks = _n_chunks(n), ch, j
     cdef double s
     if _threaded(n * n_out, n_chunks):
@@ -1212,9 +1246,12 @@ cdef void _dense_backward_rows(const floating* A, const floating* W, const float
         for ch in range(n_chunks):
             s = s + partial[ch * n_out + j]
         db[j] = <floating>s
-    _gemm_tiled(True, False, n_in, n_out, n, A, n_in, D, n_out, dW, n_out, NULL, IDENTITY, 0)
+    if update_b != NULL:
+        _sgd_apply(update_b, db, 0, n_out)
     if dA != NULL:
         _gemm_tiled(False, True, n, n_in, n_out, D, n_out, W, n_out, dA, n_in, NULL, IDENTITY, 0)
+    _gemm_tiled(True, False, n_in, n_out, n, A, n_in, D, n_out, dW, n_out, NULL, IDENTITY, 0,
+                update_w)
 
 
 # ---------------------------------------------------------------------------
@@ -1231,12 +1268,13 @@ cdef struct DenseLayer:
     Py_ssize_t n_in, n_out
     int kind
     double alpha
+    SgdUpdate update_w, update_b    # with an optimiser: the SGD of W and of b
 
 
 def dense_stack_step(list layers, const floating[:, ::1] X, int loss,
                      const int64_t[::1] labels, const floating[:, ::1] target,
                      const floating[::1] sample_weight, floating[:, ::1] loss_grad,
-                     double scale, double smoothing):
+                     double scale, double smoothing, tuple sgd=None):
     """Forward, loss and backward of a stack of dense layers without
     returning to Python in between: the same kernels, in the same order, as
     dense_forward / softmax_cross_entropy or pointwise_loss / dense_backward
@@ -1247,7 +1285,14 @@ def dense_stack_step(list layers, const floating[:, ::1] X, int loss,
     loss gradient goes to ``loss_grad``; each layer's input gradient straight
     into the D of the layer below (none for the first layer).  Returns the
     weighted loss sum.  Shapes are checked here; dtypes and contiguity by
-    the memoryviews."""
+    the memoryviews.
+
+    ``sgd``: None, or an SGD step to take on the way, as sgd_step's
+    arguments (views, regularize, lr, momentum, nesterov, l2, l1) with one
+    view per parameter, each layer's W then its b, first layer to last: each
+    parameter is updated as soon as its gradient is known, while that is
+    in cache (the same arithmetic as sgd_step, so the same numbers); the
+    gradients are written all the same."""
     cdef Py_ssize_t n = X.shape[0], n_layers = len(layers), l, width = 1, n_in = X.shape[1]
     cdef DenseLayer* plan
     cdef double* partial
@@ -1285,6 +1330,8 @@ def dense_stack_step(list layers, const floating[:, ::1] X, int loss,
                 (target is not None and (target.shape[0] != n or target.shape[1] != n_in)) or \
                 (sample_weight is not None and sample_weight.shape[0] != n):
             raise ValueError("targets and weights must have one row per sample")
+        if sgd is not None:
+            _stack_sgd(plan, n_layers, sgd)
         partial = <double*> malloc(_n_chunks(n) * width * sizeof(double))
         if partial == NULL:
             raise MemoryError()
@@ -1311,13 +1358,56 @@ def dense_stack_step(list layers, const floating[:, ::1] X, int loss,
                                      <floating*>plan[l - 1].D if l > 0 else NULL,
                                      <floating*>plan[l].dW, <floating*>plan[l].db, n,
                                      plan[l].n_in, plan[l].n_out, plan[l].kind,
-                                     <floating>plan[l].alpha, partial)
+                                     <floating>plan[l].alpha, partial,
+                                     &plan[l].update_w if sgd is not None else NULL,
+                                     &plan[l].update_b if sgd is not None
+                                     and plan[l].update_b.p != NULL else NULL)
                 if l > 0:
                     A = <const floating*>plan[l - 1].D
         free(partial)
     finally:
         free(plan)
     return total
+
+
+cdef int _stack_sgd(DenseLayer* plan, Py_ssize_t n_layers, tuple sgd) except -1:
+    """Fills each layer's update_w and update_b from dense_stack_step's
+    ``sgd``, after checking that its views are the layers' parameters, in
+    order (the same memory, writeable, velocities of the same size)."""
+    views, regularize, lr, momentum, nesterov, l2, l1 = sgd
+    cdef Py_ssize_t l, k = 0, size
+    cdef SgdUpdate* u
+    cdef const void* param
+    cdef int which
+    for l in range(n_layers):
+        k += 1 + (plan[l].b != NULL)
+    if len(views) != k or len(regularize) != k:
+        raise ValueError(f"sgd: {len(views)} views for the layers' {k} parameters")
+    k = 0
+    for l in range(n_layers):
+        for which in range(2):      # W, then b
+            u = &plan[l].update_w if which == 0 else &plan[l].update_b
+            param = plan[l].W if which == 0 else plan[l].b
+            size = plan[l].n_in * plan[l].n_out if which == 0 else plan[l].n_out
+            u.p = NULL      # a layer without bias: no update of its db
+            if param == NULL:
+                continue
+            p, g, v = views[k]
+            if not (isinstance(p, cnp.ndarray) and _data(p) == param
+                    and cnp.PyArray_SIZE(<cnp.ndarray> p) == size
+                    and cnp.PyArray_ISWRITEABLE(<cnp.ndarray> p)
+                    and (v is None or (isinstance(v, cnp.ndarray) and v.dtype == p.dtype
+                                       and cnp.PyArray_SIZE(<cnp.ndarray> v) == size
+                                       and cnp.PyArray_ISCARRAY(<cnp.ndarray> v)))):
+                raise ValueError(f"sgd: view {k} is not layer {l}'s "
+                                 f"{('weight', 'bias')[which]}, writeable "
+                                 "(with a velocity of its size)")
+            u.p, u.v = _data(p), _data(v)
+            u.lr, u.momentum, u.nesterov = lr, momentum, nesterov
+            u.l2 = l2 if regularize[k] else 0
+            u.l1 = l1 if regularize[k] else 0
+            k += 1
+    return 0
 
 
 # ---------------------------------------------------------------------------
@@ -1523,13 +1613,14 @@ def sgd_step(list views, list regularize, double lr, double momentum, bint neste
 
 cdef inline void _sgd_block(const UpdateBlock* b, bint single, double lr, double momentum,
                             bint nesterov, double l2, double l1) noexcept nogil:
+    cdef SgdUpdate u
+    u.p, u.v, u.lr, u.momentum, u.nesterov = b.p, b.s1, lr, momentum, nesterov
+    u.l2 = l2 if b.regularize else 0
+    u.l1 = l1 if b.regularize else 0
     if single:
-        fastnn_sgd_f(<float*>b.p, <const float*>b.g, <float*>b.s1, b.n, <float>lr,
-                     <float>momentum, nesterov, <float>l2 if b.regularize else 0,
-                     <float>l1 if b.regularize else 0)
+        _sgd_apply(&u, <const float*>b.g, 0, b.n)
     else:
-        fastnn_sgd_d(<double*>b.p, <const double*>b.g, <double*>b.s1, b.n, lr, momentum,
-                     nesterov, l2 if b.regularize else 0, l1 if b.regularize else 0)
+        _sgd_apply(&u, <const double*>b.g, 0, b.n)
 
 
 def adam_step(list views, list regularize, double lr_t, double beta1, double beta2,

@@ -660,7 +660,12 @@ def train_step(model, loss, optimizer, X, y, sample_weight=None):
     layer by layer, so the same numbers, without returning to Python
     between them.  Layers and loss are left as after the layer-by-layer
     path (outputs, ``loss.backward()``); only the layers' input-gradient
-    buffers are not filled."""
+    buffers are not filled.  With ``optim.SGD`` over exactly the model's
+    parameters that call also takes the SGD step, each parameter updated
+    as soon as its gradient is known (the same numbers as ``step()``
+    afterwards; the gradients stay in ``.grad``)."""
+    if _stacks(model, loss):
+        return _dense_stack_step(model, loss, X, y, sample_weight, optimizer)
     value = forward_backward(model, loss, X, y, sample_weight)
     optimizer.step()
     return value
@@ -669,12 +674,17 @@ def train_step(model, loss, optimizer, X, y, sample_weight=None):
 def forward_backward(model, loss, X, y, sample_weight=None):
     """``train_step`` without the update: the parameters' ``.grad`` hold the
     batch's gradient afterwards; returns the batch loss."""
-    if (_FUSE_DENSE_STACKS and getattr(model, "_dense_stack", False)
-            and type(loss)._stack_loss is not None):
+    if _stacks(model, loss):
         return _dense_stack_step(model, loss, X, y, sample_weight)
     value = loss.forward(model.forward(X), y, sample_weight)
     model.backward(loss.backward(), need_input_grad=False)
     return value
+
+
+def _stacks(model, loss):
+    """Whether ``model`` and ``loss`` train in one dense_stack_step call."""
+    return (_FUSE_DENSE_STACKS and getattr(model, "_dense_stack", False)
+            and type(loss)._stack_loss is not None)
 
 
 def _check_parameter(param, where, dtype, shape):
@@ -690,11 +700,13 @@ def _check_parameter(param, where, dtype, shape):
                              f"{getattr(array, 'shape', '')}")
 
 
-def _dense_stack_step(model, loss, X, y, sample_weight):
+def _dense_stack_step(model, loss, X, y, sample_weight, optimizer=None):
     """Forward, loss and backward of ``model``'s dense layers in one kernel
-    call; returns the mean loss.  The checks of the layer-by-layer path: X as
-    in Dense.forward, targets and weights as in the loss's functional kernel,
-    the parameters' arrays by dtype, shape and layout (``_stack_plan``)."""
+    call, then ``optimizer``'s step (in that call where the optimiser's
+    ``_stack_update`` offers it); returns the mean loss.  The checks of the
+    layer-by-layer path come first: X as in Dense.forward, targets and
+    weights as in the loss's functional kernel, the parameters' arrays by
+    dtype, shape and layout (``_stack_plan``)."""
     layers = model.layers
     first = layers[0]
     dtype = first.dtype
@@ -712,9 +724,14 @@ def _dense_stack_step(model, loss, X, y, sample_weight):
     for layer, arrays in zip(layers, plan):
         layer._input, layer._output = A, arrays[4]
         A = arrays[4]
+    update = None if optimizer is None else optimizer._stack_update(model)
     total = _kernels.dense_stack_step(plan, X, type(loss)._stack_loss, labels, target, weights,
-                                      grad, scale, smoothing)
+                                      grad, scale, smoothing, update)
     loss._grad = grad
+    if update is not None:
+        optimizer.steps += 1
+    elif optimizer is not None:
+        optimizer.step()
     return total * scale
 
 

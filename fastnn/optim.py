@@ -101,6 +101,11 @@ class Optimizer:
     def step(self):
         raise NotImplementedError
 
+    def _stack_update(self, model):
+        """The update as nn.train_step's one kernel call can take it along
+        (see SGD), or None: the step is then taken by ``step()``."""
+        return None
+
     def zero_grad(self):
         """Set every gradient to 0 (not needed with fastnn's layers, whose
         backward sets the gradients rather than adding to them)."""
@@ -195,13 +200,26 @@ class SGD(Optimizer):
         super().load_state_dict(state)
 
     def step(self):
+        F._sgd_update(*self._update_arguments())
+        self.steps += 1
+
+    def _update_arguments(self):
+        """F._sgd_update's arguments for this step."""
         if self.momentum > 0 and self.velocities is None:  # momentum switched on later
             self._allocate()
         velocities = self.velocities or [None] * len(self.params)
-        F._sgd_update(self._checked_views(("velocity", velocities)),
-                      [param.regularize for param in self.params], self.lr, self.momentum,
-                      self.nesterov, self.weight_decay, self.l1)
-        self.steps += 1
+        return (self._checked_views(("velocity", velocities)),
+                [param.regularize for param in self.params], self.lr, self.momentum,
+                self.nesterov, self.weight_decay, self.l1)
+
+    def _stack_update(self, model):
+        """The step for _kernels.dense_stack_step (``sgd``) when it can take
+        it: this class's step() (not a subclass's own), over exactly the
+        model's parameters in its order; else None."""
+        if type(self).step is not SGD.step or self.params != model.parameters():
+            return None
+        views, regularize, *hyper = self._update_arguments()
+        return (views, regularize, *F._sgd_hyperparameters(views, *hyper))
 
 
 class Adam(Optimizer):

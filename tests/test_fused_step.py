@@ -149,3 +149,102 @@ def test_bad_input_is_refused_before_any_update(case, error, match):
     for p, old in zip(model.parameters(), before):
         if p.data.shape == old.shape and p.data.dtype == old.dtype:
             np.testing.assert_array_equal(p.data, old)
+
+
+# ---------------------------------------------------------------------------
+# SGD's step taken inside the same call (dense_stack_step's ``sgd``)
+# ---------------------------------------------------------------------------
+def _sgd_train(monkeypatch, fuse_update, dtype, bias, sgd_kwargs, sizes, batch):
+    if not fuse_update:
+        monkeypatch.setattr(optim.SGD, "_stack_update", lambda self, model: None)
+    model = nn.Sequential(*[nn.Dense(a, b, "relu" if i < len(sizes) - 2 else "identity",
+                                     bias=bias, dtype=dtype, rng=i)
+                            for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:]))])
+    rng = np.random.default_rng(5)
+    X = rng.standard_normal((3 * batch + 7, sizes[0])).astype(dtype)
+    y = rng.integers(0, sizes[-1], len(X))
+    opt = optim.SGD(model.parameters(), **sgd_kwargs)
+    history = nn.fit(model, nn.SoftmaxCrossEntropy(), opt, X, y, epochs=2, batch_size=batch,
+                     rng=0)
+    monkeypatch.undo()
+    return history, model, opt
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("bias", (True, False))
+@pytest.mark.parametrize("sgd_kwargs", (
+    {"lr": 0.1},
+    {"lr": 0.05, "momentum": 0.9},
+    {"lr": 0.05, "momentum": 0.9, "nesterov": True, "weight_decay": 1e-3},
+    {"lr": 0.05, "l1": 1e-3},
+))
+# small layers (every product on one thread) and large ones (dW cut in tiles
+# spread over the team, each updating its part of W)
+@pytest.mark.parametrize("sizes, batch", (((13, 17, 9, 4), 16), ((300, 256, 40, 10), 64)))
+def test_sgd_step_inside_the_call_equals_step_after_it(monkeypatch, dtype, bias, sgd_kwargs,
+                                                      sizes, batch):
+    calls = []
+    step = optim.SGD.step
+    monkeypatch.setattr(optim.SGD, "step", lambda self: calls.append(1) or step(self))
+    fused = _sgd_train(monkeypatch, True, dtype, bias, sgd_kwargs, sizes, batch)
+    assert calls == []        # the update was taken inside the kernel call
+    plain = _sgd_train(monkeypatch, False, dtype, bias, sgd_kwargs, sizes, batch)
+    assert fused[0] == plain[0]
+    assert fused[2].steps == plain[2].steps == 8
+    for (name, a), (_, b) in zip(fused[1].named_parameters(), plain[1].named_parameters()):
+        np.testing.assert_array_equal(a.data, b.data, err_msg=name)
+        np.testing.assert_array_equal(a.grad, b.grad, err_msg=name)
+    for a, b in zip(fused[2].velocities or [], plain[2].velocities or []):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_sgd_step_stays_out_of_the_call_when_it_is_not_plain_sgd_over_the_model():
+    X, y, loss = _problem("xent", np.float64, n=20)
+
+    class Clipped(optim.SGD):
+        def step(self):
+            for p in self.params:
+                np.clip(p.grad, -0.01, 0.01, out=p.grad)
+            super().step()
+
+    model = _model(np.float64)
+    before = [p.data.copy() for p in model.parameters()]
+    nn.train_step(model, loss, Clipped(model.parameters(), lr=1.0), X, y)
+    for p, old in zip(model.parameters(), before):
+        assert np.abs(p.data - old).max() <= 0.01 + 1e-15
+    # an optimiser over some of the parameters: the others stay as they are
+    model = _model(np.float64)
+    frozen = [p.data.copy() for p in model[0].parameters()]
+    opt = optim.SGD(model[1].parameters() + model[2].parameters(), lr=0.1)
+    nn.train_step(model, loss, opt, X, y)
+    for p, old in zip(model[0].parameters(), frozen):
+        np.testing.assert_array_equal(p.data, old)
+    assert opt.steps == 1 and not np.array_equal(model[2].weight.data, _model(np.float64)[2].weight.data)
+
+
+def test_dense_stack_step_refuses_sgd_views_that_are_not_the_layers():
+    from fastnn import _kernels
+    model = _model(np.float64)
+    X, y, loss = _problem("xent", np.float64, n=8)
+    plan, grad = nn._stack_plan(model, loss, len(X), np.float64)
+    views = optim.SGD(model.parameters(), lr=0.1)._update_arguments()[0]
+    before = [p.data.copy() for p in model.parameters()]
+
+    def run(views):
+        _kernels.dense_stack_step(plan, X, _kernels.Loss.LOSS_XENT, y.astype(np.int64), None,
+                                  None, grad, 1 / len(X), 0.0,
+                                  (views, [True] * len(views), 0.1, 0.0, False, 0.0, 0.0))
+    with pytest.raises(ValueError, match="sgd: view 1 is not layer 0's bias"):
+        run([views[0], views[2]] + views[2:])
+    with pytest.raises(ValueError, match="sgd: 5 views for the layers' 6 parameters"):
+        run(views[:5])
+    with pytest.raises(ValueError, match="sgd: 7 views for the layers' 6 parameters"):
+        run(views + views[:1])
+    p, g, _ = views[3]
+    with pytest.raises(ValueError, match="sgd: view 3 is not layer 1's bias, writeable "
+                                         r"\(with a velocity of its size\)"):
+        run(views[:3] + [(p, g, np.zeros(3))] + views[4:])
+    for p, old in zip(model.parameters(), before):
+        np.testing.assert_array_equal(p.data, old)
+    run(views)
+    assert not np.array_equal(model[0].weight.data, before[0])
