@@ -501,6 +501,9 @@ class Sequential(Module):
         return [(f"{i}.{name}", p) for i, layer in enumerate(self.layers)
                 for name, p in layer.named_parameters()]
 
+    def parameters(self):   # without the names: train_step asks on every step
+        return [p for layer in self.layers for p in layer.parameters()]
+
     def train(self, mode=True):
         for layer in self.layers:
             layer.train(mode)

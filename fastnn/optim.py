@@ -200,26 +200,28 @@ class SGD(Optimizer):
         super().load_state_dict(state)
 
     def step(self):
-        F._sgd_update(*self._update_arguments())
+        views = self._checked_views(("velocity", self._velocities()))
+        F._sgd_update(views, [param.regularize for param in self.params], self.lr,
+                      self.momentum, self.nesterov, self.weight_decay, self.l1)
         self.steps += 1
 
-    def _update_arguments(self):
-        """F._sgd_update's arguments for this step."""
+    def _velocities(self):
         if self.momentum > 0 and self.velocities is None:  # momentum switched on later
             self._allocate()
-        velocities = self.velocities or [None] * len(self.params)
-        return (self._checked_views(("velocity", velocities)),
-                [param.regularize for param in self.params], self.lr, self.momentum,
-                self.nesterov, self.weight_decay, self.l1)
+        return self.velocities or [None] * len(self.params)
 
     def _stack_update(self, model):
-        """The step for _kernels.dense_stack_step (``sgd``) when it can take
+        """The step as _kernels.dense_stack_step's ``sgd`` when that can take
         it: this class's step() (not a subclass's own), over exactly the
-        model's parameters in its order; else None."""
+        model's parameters in its order; else None.  The arrays go as they
+        are: the stack step has checked the parameters' (_stack_plan), and
+        the kernel checks that they are the layers' and the velocities."""
         if type(self).step is not SGD.step or self.params != model.parameters():
             return None
-        views, regularize, *hyper = self._update_arguments()
-        return (views, regularize, *F._sgd_hyperparameters(views, *hyper))
+        views = [(p.data, None, v) for p, v in zip(self.params, self._velocities())]
+        return (views, [param.regularize for param in self.params],
+                *F._sgd_hyperparameters(views, self.lr, self.momentum, self.nesterov,
+                                        self.weight_decay, self.l1))
 
 
 class Adam(Optimizer):

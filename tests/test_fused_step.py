@@ -227,7 +227,7 @@ def test_dense_stack_step_refuses_sgd_views_that_are_not_the_layers():
     model = _model(np.float64)
     X, y, loss = _problem("xent", np.float64, n=8)
     plan, grad = nn._stack_plan(model, loss, len(X), np.float64)
-    views = optim.SGD(model.parameters(), lr=0.1)._update_arguments()[0]
+    views = optim.SGD(model.parameters(), lr=0.1)._stack_update(model)[0]
     before = [p.data.copy() for p in model.parameters()]
 
     def run(views):
@@ -248,3 +248,35 @@ def test_dense_stack_step_refuses_sgd_views_that_are_not_the_layers():
         np.testing.assert_array_equal(p.data, old)
     run(views)
     assert not np.array_equal(model[0].weight.data, before[0])
+
+
+@pytest.mark.parametrize("layer, item, bad, match", [
+    (0, 0, lambda W: W[:12], r"layer 0: W must be a C-contiguous float64 array of shape \(13, 17\)"),
+    (1, 0, lambda W: W.astype(np.float32), r"layer 1: W must be .* float64"),
+    (1, 1, lambda b: b[:-1], r"layer 1: b must be .* of shape \(9,\)$"),
+    (2, 4, lambda O: O.T.copy().T, r"layer 2: O must be a C-contiguous float64 array of shape "
+                                  r"\(8, 4\), writeable"),
+    (0, 5, lambda D: D[::2], r"layer 0: D must be .* shape \(8, 17\), writeable"),
+    (1, 6, lambda dW: dW.copy().view(np.int64), r"layer 1: dW must be .* float64"),
+    (2, 7, lambda db: np.zeros(4), None),   # a fresh writeable array is fine
+    (2, 7, lambda db: np.broadcast_to(db, (4,)), r"layer 2: db must be .*, writeable"),
+])
+def test_dense_stack_step_checks_each_layer_array(layer, item, bad, match):
+    from fastnn import _kernels
+    model = _model(np.float64)
+    X, y, loss = _problem("xent", np.float64, n=8)
+    plan, grad = nn._stack_plan(model, loss, len(X), np.float64)
+    plan = [list(entry) for entry in plan]
+    plan[layer][item] = bad(plan[layer][item])
+    before = [p.data.copy() for p in model.parameters()]
+
+    def run():
+        return _kernels.dense_stack_step([tuple(e) for e in plan], X, _kernels.Loss.LOSS_XENT,
+                                         y.astype(np.int64), None, None, grad, 1 / len(X), 0.0)
+    if match is None:
+        assert np.isfinite(run())
+        return
+    with pytest.raises(ValueError, match=match):
+        run()
+    for p, old in zip(model.parameters(), before):
+        np.testing.assert_array_equal(p.data, old)
