@@ -179,3 +179,24 @@ def test_python_dash_m_fastnn_bench(tmp_path):
                           text=True, timeout=120, cwd=tmp_path, env=env)
     assert proc.returncode == 0, proc.stderr
     assert "## softmax_xent" in proc.stdout and "| 16x10 | 1 |" in proc.stdout
+
+
+def test_stolen_cpu_time_is_read_from_proc_stat(tmp_path):
+    from fastnn.bench import report
+    stat = tmp_path / "stat"
+    stat.write_text("cpu  100 5 20 800 10 1 2 12 0 0\ncpu0 50 2 10 400 5 0 1 6 0 0\n")
+    assert report.cpu_times(str(stat)) == (12, 950)
+    assert report.stolen_share((12, 950), (62, 1950)) == pytest.approx(0.05)
+    assert report.stolen_share(None, (62, 1950)) is None
+    assert report.stolen_share((12, 950), (12, 950)) is None
+    stat.write_text("intr 1 2 3\n")
+    assert report.cpu_times(str(stat)) is None
+    assert report.cpu_times(str(tmp_path / "missing")) is None
+
+
+def test_report_ends_with_the_stolen_cpu_time_where_linux_reports_it(capsys):
+    assert cli.main(SMALL) == 0
+    last = capsys.readouterr().out.strip().splitlines()[-1]
+    assert last.startswith("Total time")
+    if os.path.exists("/proc/stat"):
+        assert re.search(r"CPU time stolen by the hypervisor during the run: \d+\.\d%", last)

@@ -142,6 +142,30 @@ def cpu_description():
     return f"{model} ({', '.join(simd) or 'no AVX'})"
 
 
+def cpu_times(stat="/proc/stat"):
+    """(stolen, total) CPU time of the whole machine so far, in clock ticks,
+    from Linux's /proc/stat; None elsewhere.  "Stolen" is the time the
+    hypervisor ran something else while a virtual CPU had work: on a cloud
+    VM, the noise no repeat can average out."""
+    try:
+        with open(stat) as f:
+            fields = f.readline().split()
+    except OSError:
+        return None
+    if len(fields) < 9 or fields[0] != "cpu":
+        return None
+    ticks = [int(x) for x in fields[1:9]]   # user nice system idle iowait irq softirq steal
+    return ticks[7], sum(ticks)
+
+
+def stolen_share(start, end):
+    """The share of the machine's CPU time stolen between two cpu_times(), or
+    None when either is unknown or no time passed."""
+    if start is None or end is None or end[1] <= start[1]:
+        return None
+    return (end[0] - start[0]) / (end[1] - start[1])
+
+
 def environment_lines(thread_list):
     info = fastnn.build_info()
     lines = [
@@ -544,6 +568,7 @@ def run(args):
     repeats = args.repeats or profile.repeats
     out = Output()
     started = time.perf_counter()
+    cpu_at_start = cpu_times()
 
     out(f"# fastnn benchmark report ({profile.name} run)\n")
     if profile.name == "smoke":
@@ -621,8 +646,12 @@ def run(args):
     rows = ratios(all_results, thread_list[-1])
     out(f"\n## Summary: peer time / fastnn time at {thread_list[-1]} threads\n")
     out(summary_table(rows))
+    stolen = stolen_share(cpu_at_start, cpu_times())
     out(f"\nTotal time {time.perf_counter() - started:.0f} s; load average at end: "
-        f"{', '.join(f'{x:.2f}' for x in os.getloadavg())}.")
+        f"{', '.join(f'{x:.2f}' for x in os.getloadavg())}" + (
+            "" if stolen is None else f"; CPU time stolen by the hypervisor during the run: "
+            f"{100 * stolen:.1f}% (time the virtual CPUs were ready but the host ran "
+            "something else)") + ".")
     if problems:
         out("\n## Problems\n")
         out("\n".join(f"- {p}" for p in problems))
