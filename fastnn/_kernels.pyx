@@ -1284,15 +1284,16 @@ def dense_stack_step(list layers, const floating[:, ::1] X, int loss,
     first to last, O and D (the outputs and deltas) of shape (N, n_out).  The
     loss gradient goes to ``loss_grad``; each layer's input gradient straight
     into the D of the layer below (none for the first layer).  Returns the
-    weighted loss sum.  Shapes are checked here; dtypes and contiguity by
-    the memoryviews.
+    weighted loss sum.  The layers' arrays are checked here (_stack_array),
+    X, the targets and loss_grad by their memoryviews.
 
     ``sgd``: None, or an SGD step to take on the way, as sgd_step's
-    arguments (views, regularize, lr, momentum, nesterov, l2, l1) with one
-    view per parameter, each layer's W then its b, first layer to last: each
-    parameter is updated as soon as its gradient is known, while that is
-    in cache (the same arithmetic as sgd_step, so the same numbers); the
-    gradients are written all the same."""
+    arguments (views, regularize, lr, momentum, nesterov, l2, l1), views
+    holding (parameter array, unused, velocity or None) for each layer's W
+    then its b, first layer to last (_stack_sgd checks them): each parameter
+    is updated as soon as its gradient is known, while that is in cache
+    (the same arithmetic as sgd_step, so the same numbers); the gradients
+    are written all the same."""
     cdef Py_ssize_t n = X.shape[0], n_layers = len(layers), l, width = 1, n_in = X.shape[1]
     cdef DenseLayer* plan
     cdef double* partial
