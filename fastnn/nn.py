@@ -290,6 +290,9 @@ class Dense(Module):
             params.append(("bias", self.bias))
         return params
 
+    def parameters(self):   # without the names, as Sequential's
+        return [self.weight] if self.bias is None else [self.weight, self.bias]
+
     def forward(self, X):
         X = np.asarray(X)
         if X.ndim != 2 or X.shape[1] != self.n_in:
@@ -793,8 +796,10 @@ class _BatchGather:
 
     def __call__(self, idx):
         idx = np.ascontiguousarray(idx, dtype=np.int64)
-        return tuple(None if a is None else self._gather(a, idx, buf[:len(idx)])
-                     for a, buf in zip(self.arrays, self.buffers))
+        n = len(idx)
+        (X, y, w), (bx, by, bw) = self.arrays, self.buffers
+        return (self._gather(X, idx, bx[:n]), self._gather(y, idx, by[:n]),
+                None if w is None else self._gather(w, idx, bw[:n]))
 
     @staticmethod
     def _gather(array, idx, out):
