@@ -1248,10 +1248,41 @@ cdef void _dense_backward_rows(const floating* A, const floating* W, const float
         db[j] = <floating>s
     if update_b != NULL:
         _sgd_apply(update_b, db, 0, n_out)
-    if dA != NULL:
-        _gemm_tiled(False, True, n, n_in, n_out, D, n_out, W, n_out, dA, n_in, NULL, IDENTITY, 0)
-    _gemm_tiled(True, False, n_in, n_out, n, A, n_in, D, n_out, dW, n_out, NULL, IDENTITY, 0,
-                update_w)
+    if dA == NULL or update_w != NULL:      # dW alone, or after dA (which reads W)
+        if dA != NULL:
+            _gemm_tiled(False, True, n, n_in, n_out, D, n_out, W, n_out, dA, n_in, NULL,
+                        IDENTITY, 0)
+        _gemm_tiled(True, False, n_in, n_out, n, A, n_in, D, n_out, dW, n_out, NULL, IDENTITY, 0,
+                    update_w)
+        return
+    # dA and dW independent: the tiles of both spread over the team in one
+    # parallel region, one fork and barrier fewer (measured at 32x784x256 on
+    # two threads: 97 -> 92 us; the same from 128 rows on)
+    cdef TileGrid ga = _tile_grid(n, n_in, n_out), gw = _tile_grid(n_in, n_out, n)
+    cdef Py_ssize_t a_tiles = ga.row_tiles * ga.col_tiles, t
+    cdef Py_ssize_t n_tiles = a_tiles + gw.row_tiles * gw.col_tiles
+    _blas_product_begin()
+    if _n_threads > 1 and n_tiles > 2:      # one of them large enough to split (_tile_grid)
+        for t in prange(n_tiles, schedule="dynamic", num_threads=_n_threads):
+            _backward_tile(t, a_tiles, &ga, &gw, A, W, D, dA, dW, n, n_in, n_out)
+    else:
+        for t in range(n_tiles):
+            _backward_tile(t, a_tiles, &ga, &gw, A, W, D, dA, dW, n, n_in, n_out)
+    _blas_product_end()
+
+
+cdef inline void _backward_tile(Py_ssize_t t, Py_ssize_t a_tiles, const TileGrid* ga,
+                                const TileGrid* gw, const floating* A, const floating* W,
+                                const floating* D, floating* dA, floating* dW, Py_ssize_t n,
+                                Py_ssize_t n_in, Py_ssize_t n_out) noexcept nogil:
+    """Tile t of dense_backward's two products, dA = D W^T's tiles first,
+    then dW = A^T D's."""
+    if t < a_tiles:
+        _gemm_tile(ga, t, False, True, n_out, D, n_out, W, n_out, dA, n_in, NULL, IDENTITY, 0,
+                   NULL)
+    else:
+        _gemm_tile(gw, t - a_tiles, True, False, n, A, n_in, D, n_out, dW, n_out, NULL,
+                   IDENTITY, 0, NULL)
 
 
 # ---------------------------------------------------------------------------
