@@ -1342,7 +1342,8 @@ def dense_stack_step(list layers, const floating[:, ::1] X, int loss,
         # microseconds a step
         for l in range(n_layers):
             W, b, kind, alpha, O, D, dW, db = layers[l]
-            n_out = cnp.PyArray_DIM(<cnp.ndarray> W, 1) if _plain(W, dtype, 2) else 1
+            n_out = (cnp.PyArray_DIM(<cnp.ndarray> W, 1) if isinstance(W, cnp.ndarray)
+                     and cnp.PyArray_NDIM(<cnp.ndarray> W) == 2 else 0)
             plan[l].W = _stack_array(W, dtype, n_in, n_out, False, l, "W")
             plan[l].b = _stack_array(b, dtype, n_out, -1, False, l, "b") if b is not None else NULL
             plan[l].O = _stack_array(O, dtype, n, n_out, True, l, "O")

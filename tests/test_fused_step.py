@@ -252,7 +252,8 @@ def test_dense_stack_step_refuses_sgd_views_that_are_not_the_layers():
 
 @pytest.mark.parametrize("layer, item, bad, match", [
     (0, 0, lambda W: W[:12], r"layer 0: W must be a C-contiguous float64 array of shape \(13, 17\)"),
-    (1, 0, lambda W: W.astype(np.float32), r"layer 1: W must be .* float64"),
+    (1, 0, lambda W: W.astype(np.float32), r"layer 1: W must be .* float64 array of shape "
+                                           r"\(17, 9\)$"),
     (1, 1, lambda b: b[:-1], r"layer 1: b must be .* of shape \(9,\)$"),
     (2, 4, lambda O: O.T.copy().T, r"layer 2: O must be a C-contiguous float64 array of shape "
                                   r"\(8, 4\), writeable"),
