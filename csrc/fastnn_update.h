@@ -13,6 +13,12 @@
 
 #include "fastnn_simd.h"
 
+/* Each update is one long vectorised loop, called once per block or row
+ * segment: kept out of line, one copy each, where inlining it into every
+ * caller (the GEMM tile epilogue, sgd_step's threads) grew the module by a
+ * tenth for no speed. */
+#define FASTNN_UPDATE_FN static __attribute__((noinline)) void
+
 #define FASTNN_DEFINE_UPDATES(suffix, type, sqrt_fn)                                     \
     static inline type fastnn_regularised_##suffix(type g, type theta, type l2, type l1)  \
     {                                                                                    \
@@ -27,7 +33,7 @@
         return (l1 != 0 && flips) ? (type)0 : new_;                                      \
     }                                                                                    \
     /* SGD; v == NULL: no momentum. */                                                   \
-    static void fastnn_sgd_##suffix(type *p, const type *g, type *v,       \
+    FASTNN_UPDATE_FN fastnn_sgd_##suffix(type *p, const type *g, type *v,       \
                                                   ptrdiff_t n, type lr, type mu,         \
                                                   int nesterov, type l2, type l1)        \
     {                                                                                    \
@@ -50,7 +56,7 @@
         }                                                                                \
     }                                                                                    \
     /* Adam(W): lr_t bias-corrected; keep = 1 - lr * weight_decay (1: none). */          \
-    static void fastnn_adam_##suffix(type *p, const type *g, type *m,      \
+    FASTNN_UPDATE_FN fastnn_adam_##suffix(type *p, const type *g, type *m,      \
                                                    type *v, ptrdiff_t n, type lr_t,      \
                                                    type b1, type b2, type c1, type c2,   \
                                                    type eps, type l2, type l1, type keep) \
