@@ -1320,7 +1320,7 @@ def dense_stack_step(list layers, const floating[:, ::1] X, int loss,
 
     ``sgd``: None, or an SGD step to take on the way, as sgd_step's
     arguments (views, regularize, lr, momentum, nesterov, l2, l1), views
-    holding (parameter array, unused, velocity or None) for each layer's W
+    holding (parameter array, velocity or None) for each layer's W
     then its b, first layer to last (_stack_sgd checks them): each parameter
     is updated as soon as its gradient is known, while that is in cache
     (the same arithmetic as sgd_step, so the same numbers); the gradients
@@ -1436,7 +1436,7 @@ cdef int _stack_sgd(DenseLayer* plan, Py_ssize_t n_layers, tuple sgd) except -1:
             u.p = NULL      # a layer without bias: no update of its db
             if param == NULL:
                 continue
-            p, g, v = views[k]
+            p, v = views[k]
             if not (isinstance(p, cnp.ndarray) and _data(p) == param
                     and cnp.PyArray_SIZE(<cnp.ndarray> p) == size
                     and cnp.PyArray_ISWRITEABLE(<cnp.ndarray> p)

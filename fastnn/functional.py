@@ -426,17 +426,17 @@ def _sgd_update(views, regularize, lr, momentum, nesterov, l2, l1):
     already checked by _param_and_grad and _state (fastnn.optim keeps those
     across steps): ``views`` holds (p, g, velocity or None) per parameter,
     ``regularize`` whether l2 and l1 apply to it."""
-    hyper = _sgd_hyperparameters(views, lr, momentum, nesterov, l2, l1)
+    hyper = _sgd_hyperparameters([v for _, _, v in views], lr, momentum, nesterov, l2, l1)
     for group, flags in _by_dtype(views, regularize):
         _kernels.sgd_step(group, flags, *hyper)
 
 
-def _sgd_hyperparameters(views, lr, momentum, nesterov, l2, l1):
-    """The checked (lr, momentum, nesterov, l2, l1) of an SGD update of
-    ``views`` (as _sgd_update's), as the kernels take them."""
+def _sgd_hyperparameters(velocities, lr, momentum, nesterov, l2, l1):
+    """The checked (lr, momentum, nesterov, l2, l1) of an SGD update, as the
+    kernels take them; ``velocities``: one per parameter, or None."""
     lr, momentum = check_real(lr, "lr"), check_real(momentum, "momentum", 0.0, 1.0)
     l2, l1 = check_real(l2, "l2"), check_real(l1, "l1")
-    if momentum != 0 and any(v is None for _, _, v in views):
+    if momentum != 0 and any(v is None for v in velocities):
         raise ValueError("velocity is required when momentum > 0")
     return lr, momentum, bool(nesterov), l2, l1
 

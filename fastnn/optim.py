@@ -218,9 +218,10 @@ class SGD(Optimizer):
         the kernel checks that they are the layers' and the velocities."""
         if type(self).step is not SGD.step or self.params != model.parameters():
             return None
-        views = [(p.data, None, v) for p, v in zip(self.params, self._velocities())]
-        return (views, [param.regularize for param in self.params],
-                *F._sgd_hyperparameters(views, self.lr, self.momentum, self.nesterov,
+        velocities = self._velocities()
+        return ([(p.data, v) for p, v in zip(self.params, velocities)],
+                [param.regularize for param in self.params],
+                *F._sgd_hyperparameters(velocities, self.lr, self.momentum, self.nesterov,
                                         self.weight_decay, self.l1))
 
 

@@ -240,10 +240,10 @@ def test_dense_stack_step_refuses_sgd_views_that_are_not_the_layers():
         run(views[:5])
     with pytest.raises(ValueError, match="sgd: 7 views for the layers' 6 parameters"):
         run(views + views[:1])
-    p, g, _ = views[3]
+    p, _ = views[3]
     with pytest.raises(ValueError, match="sgd: view 3 is not layer 1's bias, writeable "
                                          r"\(with a velocity of its size\)"):
-        run(views[:3] + [(p, g, np.zeros(3))] + views[4:])
+        run(views[:3] + [(p, np.zeros(3))] + views[4:])
     for p, old in zip(model.parameters(), before):
         np.testing.assert_array_equal(p.data, old)
     run(views)
