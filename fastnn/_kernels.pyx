@@ -34,6 +34,7 @@ cdef extern from "fastnn_omp.h" nogil:
     int FASTNN_OPENMP_VERSION
     int omp_get_num_threads()
     int omp_get_max_threads()
+    double fastnn_team_round_trip(long iterations, double budget)
 
 cdef enum:
     # Rows per reduction chunk.  Fixed, never derived from the thread count:
@@ -214,6 +215,18 @@ def openmp_symbol_address():
     """Address of omp_get_max_threads as this module resolved it: tells which
     OpenMP runtime the kernels really use when several are loaded."""
     return <size_t><void*>omp_get_max_threads
+
+
+def team_round_trip(long iterations, double budget):
+    """Mean seconds of a round trip of a cache line between the two threads
+    of an OpenMP team of two (csrc/fastnn_omp.h), after as many untimed
+    round trips, stopping after ``budget`` seconds; None without OpenMP."""
+    if iterations < 1 or not budget > 0:
+        raise ValueError("iterations and budget must be positive")
+    cdef double seconds
+    with nogil:
+        seconds = fastnn_team_round_trip(iterations, budget)
+    return seconds if seconds > 0 else None
 
 
 def openmp_team_size(int n):

@@ -77,6 +77,11 @@ def test_smoke_run_reports_every_workload(tmp_path, capsys):
             assert _ratio(row["reference/fastnn"]) > 0
             if workload in ("dense", "mlp_epoch"):
                 assert row["% of sgemm"].endswith("%")
+            # two measures around each multi-thread row, where two cores are usable
+            if row["threads"] == "1" or W.thread_counts()[-1] < 2:
+                assert row["core round trip (ns)"] == "—"
+            else:
+                assert re.fullmatch(r"\d+ → \d+", row["core round trip (ns)"]), row
     softmax_n = _table(tables, "Scaling: softmax_xent")
     assert {row["shape"] for row in softmax_n} >= {"16x10", "64x10", "16x1000"}
     batches = _table(tables, "Scaling: mlp_epoch")

@@ -3,6 +3,7 @@ API and environment variables, and proof that the build really runs in parallel.
 import os
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -169,6 +170,22 @@ def test_parallel_regions_really_run_in_parallel():
         assert _kernels.openmp_team_size(3) == 3
     else:
         assert _kernels.openmp_team_size(2) == 1
+
+
+def test_team_round_trip_probe():
+    # fastnn bench's measure of how far apart the cores are
+    seconds = _kernels.team_round_trip(500, 1.0)
+    if not fastnn.build_info()["openmp"]:
+        assert seconds is None
+    elif len(os.sched_getaffinity(0)) >= 2:
+        assert 0 < seconds < 1e-3      # ~100 ns; a bound against a wrong unit, not a timing
+    # the budget ends it, even in the untimed warm-up (then nothing is timed)
+    started = time.perf_counter()
+    assert _kernels.team_round_trip(10 ** 15, 0.01) is None
+    assert time.perf_counter() - started < 10
+    for iterations, budget in ((0, 1.0), (-5, 1.0), (10, 0.0), (10, float("nan"))):
+        with pytest.raises(ValueError, match="iterations and budget must be positive"):
+            _kernels.team_round_trip(iterations, budget)
 
 
 # ---------------------------------------------------------------------------

@@ -21,6 +21,7 @@ import subprocess
 import sys
 import time
 import traceback
+import typing
 
 import numpy as np
 import scipy
@@ -411,17 +412,42 @@ def run_shape(workload, shape, repeats, block_seconds, peers=None):
     return times, notes, errors
 
 
+class ShapeResult(typing.NamedTuple):
+    times: dict         # {peer: median seconds per call}
+    notes: dict         # {peer: how its output disagrees with the reference}
+    errors: dict        # {peer: why it did not run}
+    round_trips: tuple  # core_round_trip() before and after, or () on one thread
+
+
+def core_round_trip():
+    """Median seconds of a cache-line round trip between two of fastnn's
+    OpenMP threads (five probes), or None where fewer than two cores are
+    usable.  Every parallel region waits on it; on a virtual machine it
+    changes with where the host runs the vCPUs, and two-thread times with it
+    (README: Benchmarks)."""
+    if W.thread_counts()[-1] < 2:
+        return None
+    probes = [fastnn._kernels.team_round_trip(2000, 0.05) for _ in range(5)]
+    probes = [p for p in probes if p is not None]
+    return statistics.median(probes) if probes else None
+
+
 def measure_shapes(workload, shapes, thread_list, profile, repeats, peers=None, known=None):
-    """{(shape, threads): run_shape(...)}; results already in ``known`` are reused."""
+    """{(shape, threads): ShapeResult}, the core round trip measured before
+    and after each multi-thread shape; results already in ``known`` are reused."""
     results = {}
     for shape in shapes:
         for n in thread_list:
             if known and (shape, n) in known:
                 results[(shape, n)] = known[(shape, n)]
                 continue
+            before = core_round_trip() if n > 1 else None
             with W.threads(n):
-                results[(shape, n)] = run_shape(workload, shape, repeats,
-                                                profile.block_seconds, peers)
+                times, notes, errors = run_shape(workload, shape, repeats,
+                                                 profile.block_seconds, peers)
+            after = core_round_trip() if n > 1 else None
+            results[(shape, n)] = ShapeResult(times, notes, errors,
+                                              () if None in (before, after) else (before, after))
     return results
 
 
@@ -438,9 +464,9 @@ def workload_table(workload, results, ceilings, peers=None):
     has_floor = workload in ("softmax_xent", "logreg_gd")
     if has_floor:
         header += ["memory floor", "fastnn/floor"]
-    header.append("agrees with reference")
+    header += ["core round trip (ns)", "agrees with reference"]
     rows, problems = [], []
-    for (shape, n), (times, notes, errors) in results.items():
+    for (shape, n), (times, notes, errors, round_trips) in results.items():
         fast = times.get("fastnn")
         row = [W.shape_id(shape), n]
         row += [fmt_time(times[p]) if p in times else ("error" if p in errors else "—")
@@ -458,6 +484,7 @@ def workload_table(workload, results, ceilings, peers=None):
             nbytes = memory_floor_bytes(workload, shape)
             floor = nbytes / (ceiling["triad"] * 1e9) if nbytes and ceiling else None
             row += [fmt_time(floor), fmt_ratio(fast / floor if fast and floor else None)]
+        row.append(" → ".join(f"{1e9 * t:.0f}" for t in round_trips) or "—")
         bad = sorted(p for p in set(notes) | set(errors) if p in peers)
         row.append("yes" if not bad else "NO: " + ", ".join(bad))
         rows.append(row)
@@ -491,7 +518,7 @@ def ratios(all_results, n_threads):
     at ``n_threads``: the summary table and the chart."""
     out = []
     for workload, results in all_results.items():
-        for (shape, n), (times, _, _) in results.items():
+        for (shape, n), (times, *_) in results.items():
             fast = times.get("fastnn")
             if n == n_threads and fast:
                 out.append((f"{workload} {W.shape_id(shape)}",
@@ -576,7 +603,10 @@ def run(args):
     out("\n".join(environment_lines(thread_list)))
     out(f"\nEach figure is the median of {repeats} timed repeats after a warm-up, peers "
         "interleaved in one process on the same float32 arrays; ratios are peer time / "
-        "fastnn time (> 1: fastnn faster). Peers:\n")
+        "fastnn time (> 1: fastnn faster). Core round trip: the time for a cache line to go "
+        "from one of fastnn's threads to another and back, measured before → after each "
+        "multi-thread row; every parallel region waits on it, and on a virtual machine it "
+        "changes with where the host places the vCPUs. Peers:\n")
     for impl in dict.fromkeys(p for w in args.workloads for p in W.PEERS[w]):
         reason = W.missing_reason(impl)
         out(f"- {impl}: {PEER_NOTES[impl]}" + (f" — not run: {reason}" if reason else ""))
