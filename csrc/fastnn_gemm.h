@@ -4,9 +4,9 @@
  * AVX-512 machines (OPENBLAS_CORETYPE=Haswell, or a CPU it does not know),
  * half of what the cores can do.  This GEMM, compiled only into the
  * x86-64-v4 variant of the kernels, uses the 512-bit registers: the operands
- * are packed (B in k x NR column panels that stay in L1, A in k x MR row
- * panels), and a micro-kernel keeps an MR x NR block of C in 2 * MR zmm
- * registers, updated by broadcast multiply-adds.
+ * are packed (B in k x NR column panels, A in k x MR row panels), and a
+ * micro-kernel keeps an MR x NR block of C in 2 * MR zmm registers, updated
+ * by broadcast multiply-adds.
  *
  * Row-major.  Each element of C is one dot product summed in order over p,
  * the k range cut into blocks that depend on k alone, so results do not
@@ -199,11 +199,15 @@ static int fastnn_gemm_f(int trans_a, int trans_b, ptrdiff_t m, ptrdiff_t n, ptr
             for (ptrdiff_t i0 = 0; i0 < m; i0 += GEMM_MC) {
                 const ptrdiff_t mc = m - i0 < GEMM_MC ? m - i0 : GEMM_MC;
                 fastnn_gemm_pack_a(A, a_si, a_sp, i0, mc, p0, kc, Ap);
-                for (ptrdiff_t j0 = 0; j0 < nc; j0 += GEMM_NR) {
-                    const int nr = (int)(nc - j0 < GEMM_NR ? nc - j0 : GEMM_NR);
-                    const float *bp = Bp + j0 * kc;
-                    for (ptrdiff_t ir = 0; ir < mc; ir += GEMM_MR) {
-                        const int mr = (int)(mc - ir < GEMM_MR ? mc - ir : GEMM_MR);
+                /* an A panel (kc x MR, at most 12 KiB) stays in L1 while the
+                 * B panels stream from L2: 1.03-1.06x faster than the other
+                 * way round on 1024-wide products, the same on narrower ones
+                 * (one core, interleaved medians) */
+                for (ptrdiff_t ir = 0; ir < mc; ir += GEMM_MR) {
+                    const int mr = (int)(mc - ir < GEMM_MR ? mc - ir : GEMM_MR);
+                    for (ptrdiff_t j0 = 0; j0 < nc; j0 += GEMM_NR) {
+                        const int nr = (int)(nc - j0 < GEMM_NR ? nc - j0 : GEMM_NR);
+                        const float *bp = Bp + j0 * kc;
                         float *c = C + (i0 + ir) * ldc + jc + j0;
                         if (nr > 16)
                             fastnn_gemm_kernel_f(kc, Ap + ir * kc, bp, c, ldc, mr, nr, p0 > 0, 2);
