@@ -21,6 +21,7 @@ trap 'rm -rf "$SCRATCH"' EXIT
 
 TESTS=()
 for t in tests/test_functional.py tests/test_properties.py tests/test_gemm.py tests/test_exp.py \
+         tests/test_threads.py \
          tests/test_nn.py tests/test_fused_step.py; do
     [[ -f "$ROOT/$t" ]] && TESTS+=("$t")
 done
