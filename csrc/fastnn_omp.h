@@ -21,19 +21,22 @@ static inline int omp_get_max_threads(void) { return 1; }
  * what every fork, barrier and shared array of a parallel region waits on,
  * and on a virtual machine it depends on where the host runs the two vCPUs
  * (measured here: 70-180 ns on some placements, 400-470 ns on others, for
- * tens of seconds at a time).  -1 without OpenMP or a team of two. */
-static double fastnn_team_round_trip(long iterations, double budget)
+ * seconds to minutes at a time).  -1 without OpenMP, without a team of two,
+ * or when the budget ran out before any round trip was timed. */
+static double fastnn_team_round_trip(long long iterations, double budget)
 {
     double seconds = -1.0;
 #ifdef _OPENMP
-    atomic_long turn = 0;       /* odd: thread 1 to answer; -1: stop */
-    long timed = 0;
+    if (iterations > (1LL << 40))   /* the counter holds 2 * iterations + 2 */
+        iterations = 1LL << 40;
+    atomic_llong turn = 0;      /* odd: thread 1 to answer; -1: stop */
+    long long timed = 0;
 #pragma omp parallel num_threads(2)
     {
         if (omp_get_num_threads() == 2 && omp_get_thread_num() == 0) {
             const double start = omp_get_wtime();
             double t0 = start;
-            long i = 0;
+            long long i = 0;
             for (; i < 2 * iterations; i++) {
                 if (i == iterations)
                     t0 = omp_get_wtime();
@@ -48,8 +51,8 @@ static double fastnn_team_round_trip(long iterations, double budget)
                 seconds = (omp_get_wtime() - t0) / (double)timed;
             atomic_store_explicit(&turn, -1, memory_order_release);
         } else if (omp_get_num_threads() == 2) {
-            for (long i = 0;; i++) {
-                long seen;
+            for (long long i = 0;; i++) {
+                long long seen;
                 while ((seen = atomic_load_explicit(&turn, memory_order_acquire)) != 2 * i + 1
                        && seen != -1)
                     ;

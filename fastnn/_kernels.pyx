@@ -34,7 +34,7 @@ cdef extern from "fastnn_omp.h" nogil:
     int FASTNN_OPENMP_VERSION
     int omp_get_num_threads()
     int omp_get_max_threads()
-    double fastnn_team_round_trip(long iterations, double budget)
+    double fastnn_team_round_trip(long long iterations, double budget)
 
 cdef enum:
     # Rows per reduction chunk.  Fixed, never derived from the thread count:
@@ -217,10 +217,11 @@ def openmp_symbol_address():
     return <size_t><void*>omp_get_max_threads
 
 
-def team_round_trip(long iterations, double budget):
+def team_round_trip(long long iterations, double budget):
     """Mean seconds of a round trip of a cache line between the two threads
     of an OpenMP team of two (csrc/fastnn_omp.h), after as many untimed
-    round trips, stopping after ``budget`` seconds; None without OpenMP."""
+    round trips, stopping after ``budget`` seconds; None without OpenMP or
+    a team of two, or when the budget ran out before any was timed."""
     if iterations < 1 or not budget > 0:
         raise ValueError("iterations and budget must be positive")
     cdef double seconds
