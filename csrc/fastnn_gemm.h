@@ -3,10 +3,12 @@
  * The OpenBLAS that NumPy and SciPy bundle runs its AVX2 kernels on many
  * AVX-512 machines (OPENBLAS_CORETYPE=Haswell, or a CPU it does not know),
  * half of what the cores can do.  This GEMM, compiled only into the
- * x86-64-v4 variant of the kernels, uses the 512-bit registers: the operands
- * are packed (B in k x NR column panels, A in k x MR row panels), and a
- * micro-kernel keeps an MR x NR block of C in 2 * MR zmm registers, updated
- * by broadcast multiply-adds.
+ * x86-64-v4 variant of the kernels, uses the 512-bit registers: B is packed
+ * in k x NR column panels, and a micro-kernel keeps an MR x NR block of C in
+ * 2 * MR zmm registers, updated by multiply-adds of each B row with each of
+ * MR elements of A broadcast straight from A's rows (packing A as well, as
+ * BLIS does, made dense layers and training epochs 1.02-1.08x slower here:
+ * a broadcast takes any address, and the MR rows being read stay in L1).
  *
  * Row-major.  Each element of C is one dot product summed in order over p,
  * the k range cut into blocks that depend on k alone, so results do not
@@ -27,26 +29,30 @@ enum {
     GEMM_MR = 8,     /* rows of C per micro-kernel call */
     GEMM_NR = 32,    /* columns: two zmm registers */
     GEMM_KC = 384,   /* k block: a B panel, KC x NR floats = 48 KiB, in L1/L2 */
-    GEMM_MC = 256,   /* rows of A packed at a time: MC x KC floats in L2 */
     GEMM_NC = 1024,  /* columns of B packed at a time: at most 1.5 MiB */
 };
 
-/* C[0:mr, 0:nr] (+)= Ap (kc x MR) * Bp (kc x NR), mr <= MR, nr <= 16 * nv:
+/* C[0:mr, 0:nr] (+)= a (mr x kc) * Bp (kc x NR), mr <= MR, nr <= 16 * nv,
+ * where a(r, p) = a[r * si + p * sp] (A or its transpose, read in place):
  * nv = 2 zmm columns, or 1 for a last panel of at most 16 columns (a
- * constant where it is called, so each inlined copy keeps only its own). */
-static inline void fastnn_gemm_kernel_f(ptrdiff_t kc, const float *Ap, const float *Bp,
-                                        float *C, ptrdiff_t ldc, int mr, int nr,
-                                        int accumulate, const int nv)
+ * constant where it is called, so each inlined copy keeps only its own).
+ * Rows r >= mr read row mr - 1 again: memory that exists, results not
+ * stored. */
+static inline void fastnn_gemm_kernel_f(ptrdiff_t kc, const float *a, ptrdiff_t si,
+                                        ptrdiff_t sp, const float *Bp, float *C, ptrdiff_t ldc,
+                                        int mr, int nr, int accumulate, const int nv)
 {
     __m512 c[GEMM_MR][2];
-    for (int r = 0; r < GEMM_MR; r++)
+    const float *row[GEMM_MR];
+    for (int r = 0; r < GEMM_MR; r++) {
         c[r][0] = c[r][1] = _mm512_setzero_ps();
+        row[r] = a + (r < mr ? r : mr - 1) * si;
+    }
     for (ptrdiff_t p = 0; p < kc; p++) {
-        const float *a = Ap + p * GEMM_MR;
         for (int v = 0; v < nv; v++) {
             const __m512 b = _mm512_load_ps(Bp + p * GEMM_NR + 16 * v);
             for (int r = 0; r < GEMM_MR; r++)
-                c[r][v] = _mm512_fmadd_ps(_mm512_set1_ps(a[r]), b, c[r][v]);
+                c[r][v] = _mm512_fmadd_ps(_mm512_set1_ps(row[r][p * sp]), b, c[r][v]);
         }
     }
     for (int v = 0; v < nv; v++) {
@@ -130,38 +136,9 @@ static void fastnn_gemm_pack_b(const float *B, ptrdiff_t sp, ptrdiff_t sj, ptrdi
     }
 }
 
-/* Ap = op(A)[i0:i0+mc, p0:p0+kc] as ceil(mc / MR) panels of kc x MR (zero
- * rows beyond mc); op(A)(i, p) = A[i * si + p * sp].  A transposed A has
- * a panel's row contiguous in A (one vector copy per p); A itself is read
- * as 8 x 8 blocks transposed in registers (element by element, the packing
- * of a 128 x 784 A took 17 us of a 270 us product). */
-static void fastnn_gemm_pack_a(const float *A, ptrdiff_t si, ptrdiff_t sp, ptrdiff_t i0,
-                               ptrdiff_t mc, ptrdiff_t p0, ptrdiff_t kc, float *Ap)
-{
-    for (ptrdiff_t ir = 0; ir < mc; ir += GEMM_MR, Ap += kc * GEMM_MR) {
-        const ptrdiff_t mr = mc - ir < GEMM_MR ? mc - ir : GEMM_MR;
-        const float *a = A + (i0 + ir) * si + p0 * sp;
-        ptrdiff_t p = 0;
-        if (si == 1) {
-            const __mmask8 rows = (__mmask8)((1u << mr) - 1);
-            for (; p < kc; p++)
-                _mm256_store_ps(Ap + p * GEMM_MR, _mm256_maskz_loadu_ps(rows, a + p * sp));
-        } else if (sp == 1 && mr == GEMM_MR) {
-            for (; p + 8 <= kc; p += 8)
-                fastnn_gemm_transpose8(a + p, si, Ap + p * GEMM_MR, GEMM_MR);
-        }
-        for (; p < kc; p++) {
-            float *dst = Ap + p * GEMM_MR;
-            ptrdiff_t r = 0;
-            for (; r < mr; r++) dst[r] = a[r * si + p * sp];
-            for (; r < GEMM_MR; r++) dst[r] = 0.0f;
-        }
-    }
-}
-
 /* C (m x n) = op(A) (m x k) op(B) (k x n); op(A) is A (m x k, lda) or, with
  * trans_a, the transpose of A (k x m, lda); op(B) likewise.  Returns 0, or
- * -1 when the packing buffers cannot be allocated (C untouched). */
+ * -1 when the packing buffer cannot be allocated (C untouched). */
 static int fastnn_gemm_f(int trans_a, int trans_b, ptrdiff_t m, ptrdiff_t n, ptrdiff_t k,
                          const float *A, ptrdiff_t lda, const float *B, ptrdiff_t ldb,
                          float *C, ptrdiff_t ldc)
@@ -178,17 +155,10 @@ static int fastnn_gemm_f(int trans_a, int trans_b, ptrdiff_t m, ptrdiff_t n, ptr
     const ptrdiff_t kc_max = (k + k_blocks - 1) / k_blocks;
     const ptrdiff_t nc_max = n < GEMM_NC ? n : GEMM_NC;
     const ptrdiff_t n_pad = (nc_max + GEMM_NR - 1) / GEMM_NR * GEMM_NR;
-    const ptrdiff_t mc_max = m < GEMM_MC ? m : GEMM_MC;
-    const ptrdiff_t mc_pad = (mc_max + GEMM_MR - 1) / GEMM_MR * GEMM_MR;
+    /* n_pad is a multiple of NR: whole 64-byte lines, as aligned_alloc needs */
     float *Bp = (float *)aligned_alloc(64, (size_t)(kc_max * n_pad) * sizeof(float));
-    /* aligned_alloc takes a multiple of the alignment: 16 floats */
-    float *Ap = (float *)aligned_alloc(64, (size_t)((kc_max * mc_pad + 15) / 16 * 16)
-                                               * sizeof(float));
-    if (Bp == NULL || Ap == NULL) {
-        free(Bp);
-        free(Ap);
+    if (Bp == NULL)
         return -1;
-    }
     const ptrdiff_t a_si = trans_a ? 1 : lda, a_sp = trans_a ? lda : 1;
     const ptrdiff_t b_sp = trans_b ? 1 : ldb, b_sj = trans_b ? ldb : 1;
     for (ptrdiff_t jc = 0; jc < n; jc += GEMM_NC) {
@@ -196,30 +166,24 @@ static int fastnn_gemm_f(int trans_a, int trans_b, ptrdiff_t m, ptrdiff_t n, ptr
         for (ptrdiff_t p0 = 0; p0 < k; p0 += kc_max) {
             const ptrdiff_t kc = k - p0 < kc_max ? k - p0 : kc_max;
             fastnn_gemm_pack_b(B + jc * b_sj, b_sp, b_sj, p0, kc, nc, Bp);
-            for (ptrdiff_t i0 = 0; i0 < m; i0 += GEMM_MC) {
-                const ptrdiff_t mc = m - i0 < GEMM_MC ? m - i0 : GEMM_MC;
-                fastnn_gemm_pack_a(A, a_si, a_sp, i0, mc, p0, kc, Ap);
-                /* an A panel (kc x MR, at most 12 KiB) stays in L1 while the
-                 * B panels stream from L2: 1.03-1.06x faster than the other
-                 * way round on 1024-wide products, the same on narrower ones
-                 * (one core, interleaved medians) */
-                for (ptrdiff_t ir = 0; ir < mc; ir += GEMM_MR) {
-                    const int mr = (int)(mc - ir < GEMM_MR ? mc - ir : GEMM_MR);
-                    for (ptrdiff_t j0 = 0; j0 < nc; j0 += GEMM_NR) {
-                        const int nr = (int)(nc - j0 < GEMM_NR ? nc - j0 : GEMM_NR);
-                        const float *bp = Bp + j0 * kc;
-                        float *c = C + (i0 + ir) * ldc + jc + j0;
-                        if (nr > 16)
-                            fastnn_gemm_kernel_f(kc, Ap + ir * kc, bp, c, ldc, mr, nr, p0 > 0, 2);
-                        else
-                            fastnn_gemm_kernel_f(kc, Ap + ir * kc, bp, c, ldc, mr, nr, p0 > 0, 1);
-                    }
+            /* the MR rows of A being read stay in L1 while the B panels
+             * stream from L2 */
+            for (ptrdiff_t i0 = 0; i0 < m; i0 += GEMM_MR) {
+                const int mr = (int)(m - i0 < GEMM_MR ? m - i0 : GEMM_MR);
+                const float *a = A + i0 * a_si + p0 * a_sp;
+                for (ptrdiff_t j0 = 0; j0 < nc; j0 += GEMM_NR) {
+                    const int nr = (int)(nc - j0 < GEMM_NR ? nc - j0 : GEMM_NR);
+                    const float *bp = Bp + j0 * kc;
+                    float *c = C + i0 * ldc + jc + j0;
+                    if (nr > 16)
+                        fastnn_gemm_kernel_f(kc, a, a_si, a_sp, bp, c, ldc, mr, nr, p0 > 0, 2);
+                    else
+                        fastnn_gemm_kernel_f(kc, a, a_si, a_sp, bp, c, ldc, mr, nr, p0 > 0, 1);
                 }
             }
         }
     }
     free(Bp);
-    free(Ap);
     return 0;
 }
 

@@ -74,9 +74,10 @@ cdef enum:
     GEMM_MIN_TILES = 2
     GEMM_MIN_TILE_SIDE = 32
     # fastnn's AVX-512 GEMM takes the float32 products (tiles) with at least
-    # this many rows and columns: it packs its operands, which smaller ones
-    # do not repay (measured against single-threaded OpenBLAS on its AVX2
-    # kernels: 1.2-1.8x faster above, 0.4-0.9x below on 1-16 rows).  Any
+    # this many rows and columns: it packs B, which smaller ones do not
+    # repay (measured against single-threaded OpenBLAS on its AVX2 kernels,
+    # when it packed A too: 1.2-1.8x faster above, 0.4-0.9x below on 1-16
+    # rows).  Any
     # number of terms: with 4-24 (a classifier layer's delta times W^T, or a
     # small batch's dW) it measured 1.2-2.1x faster too, with 1 the same.
     OWN_GEMM_MIN_SIDE = 32

@@ -15,10 +15,11 @@ needs_own_gemm = pytest.mark.skipif(
                               f"this process runs {_kernels.SIMD_VARIANT}")
 
 # (m, n, k), m and n >= 32 so that the tiles reach fastnn's GEMM: rows not a
-# multiple of its 8-row micro-kernel, columns ending in a partial 32-wide and
-# a partial 16-wide panel, a few terms (fewer than one 8 x 8 block of the
-# packing), k over one 384-term block (accumulated into C), m over its
-# 256-row block, and products the tile grid splits over threads.
+# multiple of its 8-row micro-kernel (the last rows of A, read in place,
+# must not be read beyond), columns ending in a partial 32-wide and a partial
+# 16-wide panel, a few terms (fewer than one 8 x 8 block of B's packing), k
+# over one 384-term block (accumulated into C), and products the tile grid
+# splits over threads (A's rows read inside a wider matrix).
 SHAPES = ((32, 32, 32), (37, 33, 35), (64, 40, 1), (128, 256, 10), (45, 40, 100),
           (64, 48, 385), (300, 63, 50), (130, 257, 800), (700, 300, 290))
 BACKENDS = ("fastnn", "blas") if HAVE_OWN_GEMM else ("blas",)
