@@ -150,22 +150,26 @@ static int fastnn_gemm_f(int trans_a, int trans_b, ptrdiff_t m, ptrdiff_t n, ptr
             for (ptrdiff_t j = 0; j < n; j++) C[i * ldc + j] = 0.0f;
         return 0;
     }
-    /* C = A B^T with few rows (a small batch's delta W^T): B, the large
-     * operand, would be packed through 8 x 8 transposes; C^T = B A^T reads it
-     * in place and packs the small A^T instead, then C^T is transposed into
-     * C.  The same sums in the same order.  Measured on the backward of
-     * 784 x 256 dense layers (1 and 2 threads): 1.07-1.09x with 32 rows,
-     * 1.03x with 64; with 128 (2m > n for its 196-column tiles) 0.93x, so
-     * it is taken only where 2m <= n. */
-    if (trans_b && !trans_a && 2 * m <= n) {
+    /* C = A B^T with few rows and many terms (a small batch's delta W^T): B,
+     * the large operand, would be packed through 8 x 8 transposes; C^T =
+     * B A^T reads it in place and packs the small A^T instead, then C^T is
+     * copied into C, eight rows of C at a time.  The same sums in the same
+     * order.  Measured on the backward of 784 x 256 dense layers (1 and 2
+     * threads): 1.07-1.09x with 32 rows, 1.03x with 64; with 128 (2m > n
+     * for its 196-column tiles) 0.93x; and a 128 x 256 x 10 layer (k < m:
+     * more to copy back than to transpose) 2x slower: not taken there. */
+    if (trans_b && !trans_a && 2 * m <= n && m <= k) {
         float *T = (float *)malloc((size_t)(n * m) * sizeof(float));
         if (T == NULL)
             return -1;
         const int status = fastnn_gemm_f(0, 1, n, m, k, B, ldb, A, lda, T, m);
         if (status == 0)
-            for (ptrdiff_t i = 0; i < m; i++)
+            for (ptrdiff_t i0 = 0; i0 < m; i0 += GEMM_MR) {
+                const ptrdiff_t i1 = m - i0 < GEMM_MR ? m : i0 + GEMM_MR;
                 for (ptrdiff_t j = 0; j < n; j++)
-                    C[i * ldc + j] = T[j * m + i];
+                    for (ptrdiff_t i = i0; i < i1; i++)
+                        C[i * ldc + j] = T[j * m + i];
+            }
         free(T);
         return status;
     }

@@ -20,7 +20,8 @@ needs_own_gemm = pytest.mark.skipif(
 # 16-wide panel, a few terms (fewer than one 8 x 8 block of B's packing), k
 # over one 384-term block (accumulated into C), products the tile grid
 # splits over threads (A's rows read inside a wider matrix), and A B^T with
-# at least twice as many columns as rows (computed as (B A^T)^T).
+# at least twice as many columns as rows and more terms than rows (computed
+# as (B A^T)^T).
 SHAPES = ((32, 32, 32), (37, 33, 35), (64, 40, 1), (128, 256, 10), (45, 40, 100),
           (64, 48, 385), (300, 63, 50), (130, 257, 800), (700, 300, 290), (33, 200, 390),
           (32, 784, 256))
