@@ -7,7 +7,7 @@
  * in k x NR column panels, and a micro-kernel keeps an MR x NR block of C in
  * 2 * MR zmm registers, updated by multiply-adds of each B row with each of
  * MR elements of A broadcast straight from A's rows (packing A as well, as
- * BLIS does, made dense layers and training epochs 1.02-1.08x slower here:
+ * BLIS does, made dense layers and training epochs 1.02-1.09x slower here:
  * a broadcast takes any address, and the MR rows being read stay in L1).
  *
  * Row-major.  Each element of C is one dot product summed in order over p,
