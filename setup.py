@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy
 from Cython.Build import cythonize
 from setuptools import Extension, setup
+from setuptools.command.build_ext import build_ext as _build_ext
 
 HERE = Path(__file__).parent.resolve()
 
@@ -35,24 +36,71 @@ def _compiler():
     return os.environ.get("CC") or sysconfig.get_config_var("CC").split()[0]
 
 
-def _try_compile(code, flags):
-    """Compile and link ``code`` with ``flags``; True when it works."""
+def _try_compile(code, flags, link_flags=None):
+    """Compile and link ``code`` with ``flags`` (and ``link_flags`` in a
+    separate link step when given); True when it works."""
     with tempfile.TemporaryDirectory() as tmp:
-        src = Path(tmp) / "probe.c"
-        src.write_text(code)
-        cmd = [_compiler(), str(src), "-o", str(Path(tmp) / "probe"), *flags]
+        src, obj, exe = (str(Path(tmp) / name) for name in ("probe.c", "probe.o", "probe"))
+        Path(src).write_text(code)
+        if link_flags is None:
+            steps = [[_compiler(), src, "-o", exe, *flags]]
+        else:
+            steps = [[_compiler(), "-c", src, "-o", obj, *flags],
+                     [_compiler(), obj, "-o", exe, *link_flags]]
         try:
-            return subprocess.run(cmd, capture_output=True).returncode == 0
+            return all(subprocess.run(cmd, capture_output=True).returncode == 0
+                       for cmd in steps)
         except OSError:
             return False
 
 
+# Where the extension modules find a bundled OpenMP runtime: fastnn/_openmp/.
+RUNTIME_DIR = "_openmp"
+
+
+def _llvm_libomp():
+    """LLVM's OpenMP runtime to build against and ship, or None.
+
+    GCC's own runtime, libgomp, hangs a forked child after its thread pool
+    has started (GCC bug 60035), and the system's copy ties the wheel to the
+    build machine's glibc; LLVM's libomp survives fork and, as the
+    cmeel-libomp wheel (a build requirement) ships it, needs glibc 2.14.  It
+    implements the GOMP_* entry points GCC's -fopenmp code calls, so the
+    kernels are compiled by GCC as before and only linked against it.
+    FASTNN_OPENMP_RUNTIME=system builds against the compiler's runtime
+    instead; so does a build environment without cmeel-libomp."""
+    choice = os.environ.get("FASTNN_OPENMP_RUNTIME", "llvm")
+    if choice not in ("llvm", "system"):
+        raise SystemExit(f"FASTNN_OPENMP_RUNTIME={choice!r}: expected 'llvm' or 'system'")
+    if choice == "system" or sys.platform != "linux":
+        return None
+    import importlib.metadata
+    try:
+        files = importlib.metadata.distribution("cmeel-libomp").files or []
+    except importlib.metadata.PackageNotFoundError:
+        return None
+    for f in files:
+        if f.name == "libomp.so":
+            return Path(f.locate()).resolve()
+    return None
+
+
 def _openmp_flags():
+    """(compile flags, link flags, runtime to bundle or None), or None for a
+    serial build."""
     if os.environ.get("FASTNN_DISABLE_OPENMP"):
         return None
+    libomp = _llvm_libomp()
+    if libomp is not None:
+        link = [f"-L{libomp.parent}", f"-l:{libomp.name}",
+                f"-Wl,-rpath,$ORIGIN/{RUNTIME_DIR}"]
+        if _try_compile(OPENMP_PROBE, ["-fopenmp"], link):
+            return ["-fopenmp"], link, libomp
+        print(f"fastnn: cannot link against {libomp}; using the compiler's OpenMP runtime",
+              file=sys.stderr)
     for flags in (["-fopenmp"], ["-Xpreprocessor", "-fopenmp", "-lomp"]):
         if _try_compile(OPENMP_PROBE, flags):
-            return flags
+            return flags, [f for f in flags if f != "-Xpreprocessor"], None
     return None
 
 
@@ -144,11 +192,14 @@ def _extensions():
               file=sys.stderr)
     cflags = _compile_flags()
     ldflags = list(cflags) if os.environ.get("FASTNN_SANITIZE") else []
+    global BUNDLED_RUNTIME
     if omp:
-        cflags = cflags + omp
-        ldflags = ldflags + [f for f in omp if f != "-Xpreprocessor"]
+        omp_cflags, omp_ldflags, BUNDLED_RUNTIME = omp
+        cflags = cflags + omp_cflags
+        ldflags = ldflags + omp_ldflags
     variants = _variants()
-    _write_build_config(omp is not None, cflags, variants)
+    _write_build_config(omp is not None, cflags, variants,
+                        BUNDLED_RUNTIME.name if BUNDLED_RUNTIME else None)
     # An in-place build must not leave an older build's variant beside the
     # new ones: fastnn._kernels would load it.
     wanted = {_module_name(v) for v in variants}
@@ -175,7 +226,7 @@ def _extensions():
     ]
 
 
-def _write_build_config(openmp, cflags, variants):
+def _write_build_config(openmp, cflags, variants, bundled_runtime):
     import Cython
 
     cc = _compiler()
@@ -186,6 +237,7 @@ def _write_build_config(openmp, cflags, variants):
         version = "unknown"
     config = {
         "openmp": openmp,
+        "openmp_runtime_bundled": bundled_runtime,
         "compiler": shutil.which(cc) or cc,
         "compiler_version": version,
         "compile_flags": " ".join(cflags),
@@ -199,4 +251,24 @@ def _write_build_config(openmp, cflags, variants):
     (HERE / "fastnn" / "_build_config.py").write_text(body)
 
 
-setup(ext_modules=_extensions())
+BUNDLED_RUNTIME = None   # the libomp.so the modules link against, set by _extensions
+
+
+class build_ext(_build_ext):
+    """Builds the modules, then puts the OpenMP runtime they link against,
+    and its licence, beside them (fastnn/_openmp/, found through their
+    $ORIGIN run path): a plain `pip install .` then works without the build
+    environment, and auditwheel finds the runtime to vendor."""
+
+    def run(self):
+        super().run()
+        if BUNDLED_RUNTIME is None:
+            return
+        root = Path(".") if self.inplace else Path(self.build_lib)
+        dest = root / "fastnn" / RUNTIME_DIR
+        dest.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(BUNDLED_RUNTIME, dest / BUNDLED_RUNTIME.name)
+        shutil.copy2(HERE / "licenses" / "LLVM-OpenMP.txt", dest / "LICENSE.txt")
+
+
+setup(ext_modules=_extensions(), cmdclass={"build_ext": build_ext})

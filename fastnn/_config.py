@@ -1,10 +1,19 @@
 """Thread budget and build information: the one place for both.
 
 fastnn's OpenMP kernels and the BLAS calls they make share one thread budget.
-It comes from, in order: ``set_num_threads``/``num_threads``, the
-``FASTNN_NUM_THREADS`` environment variable, ``OMP_NUM_THREADS``, and the
-size of the process's CPU affinity mask.  fastnn never rewrites the user's
-``OMP_*``/``OPENBLAS_*`` variables.  With OpenBLAS, the BLAS calls fastnn
+At import it comes from, in order: the ``FASTNN_NUM_THREADS`` environment
+variable, ``OMP_NUM_THREADS``, and the size of the process's CPU affinity
+mask.  Later, ``set_num_threads``, ``num_threads(n)`` and threadpoolctl's
+``threadpool_limits`` (through the controller registered below) set it: the
+last call wins, and the two context managers restore what they found.
+fastnn never rewrites the user's ``OMP_*``/``OPENBLAS_*`` variables.
+
+After ``fork()`` the child keeps the parent's budget when the runtime is
+LLVM's libomp (what the wheel ships: fork-safe).  Under GNU libgomp (a
+source build with ``FASTNN_OPENMP_RUNTIME=system``) a child of a process
+whose team had started would hang in its first parallel region (GCC bug
+60035), so the child runs every kernel on one thread, and asking it for more
+warns and keeps one.  With OpenBLAS, the BLAS calls fastnn
 makes are issued from inside its own OpenMP team on one BLAS thread each, so
 OpenMP and BLAS threads never compete for the cores: through a thread-local
 BLAS thread count, or, where OpenBLAS has only a global one (its pthreads
@@ -15,6 +24,8 @@ import contextlib
 import ctypes
 import os
 import platform
+import sys
+import warnings
 
 from . import _kernels
 
@@ -155,9 +166,18 @@ def _install_blas(lib):
 _BLAS = None        # the record of the BLAS in use
 
 
+def _set_threads(n):
+    if n > 1 and _kernels.forked_serial():
+        warnings.warn(f"fastnn runs on one thread in this forked child: its OpenMP runtime "
+                      f"({os.path.basename(_openmp_runtime() or 'libgomp')}) cannot start a "
+                      f"team after fork; {n} threads were asked for", RuntimeWarning,
+                      stacklevel=3)
+    _kernels.set_threads(n)
+
+
 def set_num_threads(n):
     """Use ``n`` threads in fastnn's kernels and in the BLAS calls they make."""
-    _kernels.set_threads(_parse_thread_count(n, "n"))
+    _set_threads(_parse_thread_count(n, "n"))
 
 
 def get_num_threads():
@@ -170,7 +190,7 @@ def num_threads(n):
     """Context manager: run the block with ``n`` threads, then restore."""
     n = _parse_thread_count(n, "n")
     previous = _kernels.get_threads()
-    _kernels.set_threads(n)
+    _set_threads(n)
     try:
         yield n
     finally:
@@ -264,5 +284,49 @@ def show_config():
         print(f"{key:>{width}}: {value}")
 
 
+def _register_with_threadpoolctl():
+    """Make threadpoolctl see and limit fastnn's team.  Its own OpenMP control
+    (omp_set_num_threads) cannot: the kernels pass their team size to every
+    parallel region.  So fastnn registers a controller (threadpoolctl >= 3.5)
+    for its kernel module, user_api "openmp": threadpool_limits(n) and
+    threadpool_limits(n, user_api="openmp") set fastnn's budget and restore
+    it; threadpool_info() lists it with the runtime it calls."""
+    try:
+        import threadpoolctl
+    except ImportError:
+        return
+    if not hasattr(threadpoolctl, "register"):
+        return
+    from ._version import __version__
+
+    class FastnnController(threadpoolctl.LibController):
+        user_api = "openmp"
+        internal_api = "fastnn"
+        filename_prefixes = ("_kernels_",)
+        check_symbols = tuple("PyInit__kernels_" + v.replace("-", "_")
+                              for v in _kernels.VARIANTS)
+
+        def set_additional_attributes(self):
+            # Only the module fastnn loaded (a foreign file with the same
+            # prefix and symbols is no controller of ours).
+            if os.path.realpath(self.filepath) != os.path.realpath(_kernels.compiled.__file__):
+                raise OSError(f"{self.filepath} is not fastnn's kernel module")
+            self.openmp_runtime = _openmp_runtime()
+
+        def get_num_threads(self):
+            return _kernels.get_threads()
+
+        def set_num_threads(self, num_threads):
+            _set_threads(max(1, int(num_threads)))
+
+        def get_version(self):
+            return __version__
+
+    threadpoolctl.register(FastnnController)
+
+
 _kernels.set_threads(_default_thread_count())
+# Under libgomp a forked child must not ask for a team (see the docstring).
+_kernels.set_fork_policy(os.path.basename(_openmp_runtime() or "").startswith("libgomp"))
 _install_blas(_choose_blas(_loaded_blas()))
+_register_with_threadpoolctl()

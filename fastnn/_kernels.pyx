@@ -197,10 +197,55 @@ cdef void _blas_product_end() noexcept nogil:
     PyThread_release_lock(_blas_lock)
 
 
+# Fork.  LLVM's libomp (what the wheel ships) starts a fresh team in a forked
+# child; GNU libgomp (a source build against the compiler's runtime) does not:
+# its child waits forever for the parent's threads (GCC bug 60035).  Where
+# the runtime is libgomp, a forked child therefore runs every kernel on one
+# thread (set_threads then keeps 1), which never asks libgomp for a team.
+# Either way the child gets a fresh lock and no products in flight: a thread
+# of the parent may have held them when another forked.
+ctypedef void (*fork_handler_t)() noexcept nogil
+cdef extern from "<pthread.h>" nogil:
+    int pthread_atfork(fork_handler_t prepare, fork_handler_t parent, fork_handler_t child)
+cdef extern from "pythread.h" nogil:
+    # a semaphore's initialisation, no GIL needed (Cython declares it with)
+    PyThread_type_lock _new_lock "PyThread_allocate_lock" ()
+
+cdef bint _serial_after_fork = False   # the runtime cannot start a team in a forked child
+cdef bint _forked_serial = False       # this process is such a child
+
+
+cdef void _after_fork_in_child() noexcept nogil:
+    global _n_threads, _forked_serial, _blas_lock, _blas_users
+    if _serial_after_fork:
+        _n_threads = 1
+        _forked_serial = True
+    _blas_lock = _new_lock()
+    if _blas_users != 0:     # give the BLAS the count the products found
+        _blas_users = 0
+        if _blas_set_threads != NULL and _blas_saved_threads != 1:
+            _blas_set_threads(_blas_saved_threads)
+
+
+pthread_atfork(NULL, NULL, _after_fork_in_child)
+
+
+def set_fork_policy(bint serial_after_fork):
+    """Whether a forked child must run on one thread (a libgomp runtime)."""
+    global _serial_after_fork
+    _serial_after_fork = serial_after_fork
+
+
+def forked_serial():
+    """Whether this process is a forked child held to one thread."""
+    return _forked_serial
+
+
 def set_threads(int n):
-    """Set the OpenMP team size of every kernel (validated by the caller)."""
+    """Set the OpenMP team size of every kernel (validated by the caller);
+    one in a child held to one thread."""
     global _n_threads
-    _n_threads = n
+    _n_threads = 1 if _forked_serial else n
 
 
 def get_threads():
@@ -231,13 +276,16 @@ def team_round_trip(long long iterations, double budget):
     return seconds if seconds > 0 else None
 
 
-def openmp_team_size(int n):
-    """Number of threads a parallel region really starts when asked for ``n``.
+def openmp_team_size(int n=0):
+    """Number of threads a parallel region really starts when asked for ``n``
+    (by default the kernels' current count, what their regions ask for).
 
     Proves that the build is parallel: a prange compiled without OpenMP runs
     serially and this returns 1.
     """
     cdef int size = 1
+    if n <= 0:
+        n = _n_threads
     cdef int* shared_size = &size       # written through a pointer: shared, not private
     with nogil, parallel(num_threads=n):
         shared_size[0] = omp_get_num_threads()

@@ -597,6 +597,10 @@ class _BaseMLP(BaseEstimator):
                 warnings.warn(f"Stochastic Optimizer: Maximum iterations ({self.max_iter}) "
                               "reached and the optimization hasn't converged yet.",
                               ConvergenceWarning)
+        except KeyboardInterrupt:
+            # as scikit-learn: keep what was trained so far (every compiled
+            # step is whole by the time Python sees the signal)
+            warnings.warn("Training interrupted by user.")
         finally:
             progress.close()
         if early and hasattr(self, "_best_params"):
