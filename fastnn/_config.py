@@ -10,10 +10,11 @@ fastnn never rewrites the user's ``OMP_*``/``OPENBLAS_*`` variables.
 
 After ``fork()`` the child keeps the parent's budget when the runtime is
 LLVM's libomp (what the wheel ships: fork-safe).  Under GNU libgomp (a
-source build with ``FASTNN_OPENMP_RUNTIME=system``) a child of a process
-whose team had started would hang in its first parallel region (GCC bug
-60035), so the child runs every kernel on one thread, and asking it for more
-warns and keeps one.  With OpenBLAS, the BLAS calls fastnn
+source build with ``FASTNN_OPENMP_RUNTIME=system``), or under libomp with
+its fork handlers off (``KMP_INIT_AT_FORK=FALSE`` when fastnn was imported,
+see _runtime_survives_fork), a child of a process whose team had started
+would hang in its first parallel region (GCC bug 60035), so the child runs
+every kernel on one thread, and asking it for more warns and keeps one.  With OpenBLAS, the BLAS calls fastnn
 makes are issued from inside its own OpenMP team on one BLAS thread each, so
 OpenMP and BLAS threads never compete for the cores: through a thread-local
 BLAS thread count, or, where OpenBLAS has only a global one (its pthreads
@@ -169,9 +170,9 @@ _BLAS = None        # the record of the BLAS in use
 def _set_threads(n):
     if n > 1 and _kernels.forked_serial():
         warnings.warn(f"fastnn runs on one thread in this forked child: its OpenMP runtime "
-                      f"({os.path.basename(_openmp_runtime() or 'libgomp')}) cannot start a "
-                      f"team after fork; {n} threads were asked for", RuntimeWarning,
-                      stacklevel=3)
+                      f"({os.path.basename(_openmp_runtime() or '?')}) cannot start a team "
+                      f"after fork (libgomp, or libomp with KMP_INIT_AT_FORK=FALSE); {n} "
+                      "threads were asked for", RuntimeWarning, stacklevel=3)
     _kernels.set_threads(n)
 
 
@@ -325,8 +326,24 @@ def _register_with_threadpoolctl():
     threadpoolctl.register(FastnnController)
 
 
+def _runtime_survives_fork():
+    """Whether the kernels' OpenMP runtime starts a new team in a forked
+    child.  GNU libgomp never does.  LLVM's libomp does through fork
+    handlers that it registers when it initialises, unless KMP_INIT_AT_FORK
+    is false then -- and scikit-learn and joblib set it to FALSE at import
+    (a workaround for an old Intel runtime), in their process and in every
+    child it starts.  So libomp is initialised here, and the variable read
+    at the same moment."""
+    runtime = os.path.basename(_openmp_runtime() or "")
+    _kernels.openmp_info()       # omp_get_max_threads: libomp initialises now
+    init_at_fork = os.environ.get("KMP_INIT_AT_FORK", "true").strip().lower()
+    return not runtime.startswith("libgomp") and init_at_fork not in (
+        "0", "f", "false", ".false.", "n", "no", "off")
+
+
 _kernels.set_threads(_default_thread_count())
-# Under libgomp a forked child must not ask for a team (see the docstring).
-_kernels.set_fork_policy(os.path.basename(_openmp_runtime() or "").startswith("libgomp"))
+# A child of a runtime that cannot fork runs serially (see the docstring).
+_SERIAL_AFTER_FORK = not _runtime_survives_fork()
+_kernels.set_fork_policy(_SERIAL_AFTER_FORK)
 _install_blas(_choose_blas(_loaded_blas()))
 _register_with_threadpoolctl()
