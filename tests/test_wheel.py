@@ -7,6 +7,7 @@ tests must see the installed wheel, never the source tree.
 """
 import importlib.metadata
 import os
+import re
 from pathlib import Path
 
 import pytest
@@ -57,17 +58,44 @@ def test_installed_files_are_what_users_need(dist):
 
 
 def test_openmp_runtime_is_the_vendored_one(dist):
-    """A repaired wheel carries its own libgomp under a unique name
-    (fastnn.libs/libgomp-<hash>.so), and threadpoolctl sees it, so users can
-    limit fastnn's threads like scikit-learn's."""
-    libs = PACKAGE_DIR.parent / "fastnn.libs"
-    if not libs.is_dir():
-        pytest.skip("not a repaired (auditwheel) wheel: no fastnn.libs")
+    """The wheel carries LLVM's libomp (fork-safe, old glibc) with its licence,
+    the kernels call it, and threadpoolctl sees it, so users can limit
+    fastnn's threads like scikit-learn's."""
     if not fastnn.build_info()["openmp"]:
         pytest.skip("serial build")
     threadpoolctl = pytest.importorskip("threadpoolctl", reason="reports the OpenMP runtime")
-    vendored = {p.name for p in libs.glob("libgomp-*.so*")}
-    assert vendored, sorted(p.name for p in libs.iterdir())
-    runtimes = [Path(lib["filepath"]) for lib in threadpoolctl.threadpool_info()
+    runtime = Path(fastnn.build_info()["openmp_runtime"])
+    site = PACKAGE_DIR.parent
+    assert runtime.name.startswith("libomp"), runtime
+    assert runtime.parent in (PACKAGE_DIR / "_openmp", site / "fastnn.libs"), runtime
+    licence = [f for f in dist.files
+               if "LLVM-OpenMP" in str(f) or str(f) == "fastnn/_openmp/LICENSE.txt"]
+    assert licence and all("LLVM Exceptions" in f.read_text() for f in licence)
+    runtimes = [Path(lib["filepath"]).resolve() for lib in threadpoolctl.threadpool_info()
                 if lib["user_api"] == "openmp"]
-    assert any(path.name in vendored for path in runtimes), runtimes
+    assert runtime.resolve() in runtimes, runtimes
+
+
+GLIBC_FLOOR = (2, 28)     # NumPy's, SciPy's and scikit-learn's wheels: RHEL 8, Ubuntu 20.04
+
+
+def test_wheel_installs_on_glibc_2_28(dist):
+    """The wheel's tags and every ELF file in it need no glibc above 2.28."""
+    tags = [line.split(":", 1)[1].strip() for line in dist.read_text("WHEEL").splitlines()
+            if line.startswith("Tag:")]
+    platforms = {p for tag in tags for p in tag.split("-")[-1].split(".")}
+    if not any(p.startswith("linux") or p.startswith("manylinux") for p in platforms):
+        pytest.skip(f"not a Linux wheel: {platforms}")
+    floors = [tuple(map(int, re.match(r"manylinux_(\d+)_(\d+)_", p).groups()))
+              for p in platforms if p.startswith("manylinux_")]
+    assert floors and min(floors) <= GLIBC_FLOOR, f"wheel tags {tags}"
+    needs = {}
+    for f in dist.files:
+        path = Path(dist.locate_file(f))
+        if path.is_file() and path.read_bytes()[:4] == b"\x7fELF":
+            versions = {tuple(map(int, m)) for m in
+                        re.findall(rb"GLIBC_(\d+)\.(\d+)", path.read_bytes())}
+            needs[str(f)] = max(versions, default=(0, 0))
+    assert needs, "no compiled files found"
+    too_new = {f: v for f, v in needs.items() if v > GLIBC_FLOOR}
+    assert not too_new, too_new
