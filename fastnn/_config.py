@@ -14,10 +14,11 @@ source build with ``FASTNN_OPENMP_RUNTIME=system``), or under libomp with
 its fork handlers off (``KMP_INIT_AT_FORK=FALSE`` when fastnn was imported,
 see _runtime_survives_fork), a child of a process whose team had started
 would hang in its first parallel region (GCC bug 60035), so the child runs
-every kernel on one thread, and asking it for more warns and keeps one.  With OpenBLAS, the BLAS calls fastnn
-makes are issued from inside its own OpenMP team on one BLAS thread each, so
-OpenMP and BLAS threads never compete for the cores: through a thread-local
-BLAS thread count, or, where OpenBLAS has only a global one (its pthreads
+every kernel on one thread, and asking it for more warns and keeps one.
+
+With OpenBLAS, the BLAS calls fastnn makes are issued from inside its own
+OpenMP team on one BLAS thread each, so OpenMP and BLAS threads never
+compete for the cores: through a thread-local BLAS thread count, or, where OpenBLAS has only a global one (its pthreads
 builds), by holding that at one only while fastnn's products run and giving
 the user's value back (``_kernels.set_blas``).
 """

@@ -199,9 +199,10 @@ cdef void _blas_product_end() noexcept nogil:
 
 # Fork.  LLVM's libomp (what the wheel ships) starts a fresh team in a forked
 # child; GNU libgomp (a source build against the compiler's runtime) does not:
-# its child waits forever for the parent's threads (GCC bug 60035).  Where
-# the runtime is libgomp, a forked child therefore runs every kernel on one
-# thread (set_threads then keeps 1), which never asks libgomp for a team.
+# its child waits forever for the parent's threads (GCC bug 60035), and nor
+# does libomp with KMP_INIT_AT_FORK=FALSE.  There (_config.py sets the
+# policy) a forked child runs every kernel on one thread (set_threads then
+# keeps 1), which never asks the runtime for a team.
 # Either way the child gets a fresh lock and no products in flight: a thread
 # of the parent may have held them when another forked.
 ctypedef void (*fork_handler_t)() noexcept nogil
@@ -231,7 +232,7 @@ pthread_atfork(NULL, NULL, _after_fork_in_child)
 
 
 def set_fork_policy(bint serial_after_fork):
-    """Whether a forked child must run on one thread (a libgomp runtime)."""
+    """Whether a forked child must run on one thread (its runtime cannot fork)."""
     global _serial_after_fork
     _serial_after_fork = serial_after_fork
 
