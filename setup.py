@@ -206,7 +206,8 @@ def _extensions():
     for old in Path("fastnn").glob("_kernels_*"):
         if old.suffix in (".so", ".pyd") and old.name.split(".")[0] not in wanted:
             old.unlink()
-    # One Cython run: fastnn/_kernels.pyx -> fastnn/_kernels.c.
+    # One Cython run: fastnn/_kernels.pyx (with the fastnn/_kernels/*.pxi it
+    # includes and fastnn/_kernels.pxd; cythonize tracks them) -> fastnn/_kernels.c.
     cythonize([Extension("fastnn._kernels", ["fastnn/_kernels.pyx"])],
               compiler_directives=_cython_directives(),
               compile_time_env={"FASTNN_OPENMP": omp is not None})
@@ -215,7 +216,7 @@ def _extensions():
             f"fastnn.{_module_name(variant)}",
             [_variant_shim(variant)],
             # fastnn/_kernels.c and its headers; the .c is a dependency so that
-            # editing the .pyx rebuilds every variant.
+            # editing the .pyx, .pxd or a .pxi rebuilds every variant.
             include_dirs=[numpy.get_include(), "csrc", "fastnn"],
             depends=["fastnn/_kernels.c", *map(str, sorted(Path("csrc").glob("*.h")))],
             extra_compile_args=cflags + flags,

@@ -1,8 +1,9 @@
 """The compiled kernels, in the best instruction-set variant this CPU runs.
 
-setup.py compiles fastnn/_kernels.pyx into one extension module per variant
-(fastnn._kernels_baseline, _kernels_x86_64_v3 for AVX2+FMA, _kernels_x86_64_v4
-for AVX-512 on x86-64 Linux; only the baseline elsewhere).  This module picks
+setup.py compiles fastnn/_kernels.pyx (its pieces in fastnn/_kernels/) into
+one extension module per variant (fastnn._kernels_baseline,
+_kernels_x86_64_v3 for AVX2+FMA, _kernels_x86_64_v4 for AVX-512 on x86-64
+Linux; only the baseline elsewhere).  This module picks
 one at import, once per process, and re-exports its contents, so the rest of
 the package (and tests) use ``fastnn._kernels`` as if it were compiled.
 

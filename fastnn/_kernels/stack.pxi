@@ -1,0 +1,166 @@
+# A whole training step of a stack of dense layers, in one call.
+
+cdef struct DenseLayer:
+    # raw pointers of one layer's arrays (float* or double*, as the step's dtype)
+    const void* W
+    const void* b
+    void* O
+    void* D
+    void* dW
+    void* db
+    Py_ssize_t n_in, n_out
+    int kind
+    double alpha
+    SgdUpdate update_w, update_b    # with an optimiser: the SGD of W and of b
+
+
+def dense_stack_step(list layers, const floating[:, ::1] X, int loss,
+                     const int64_t[::1] labels, const floating[:, ::1] target,
+                     const floating[::1] sample_weight, floating[:, ::1] loss_grad,
+                     double scale, double smoothing, tuple sgd=None):
+    """Forward, loss and backward of a stack of dense layers without
+    returning to Python in between: the same kernels, in the same order, as
+    dense_forward / softmax_cross_entropy or pointwise_loss / dense_backward
+    layer by layer, so the results are identical.
+
+    ``layers``: one tuple (W, b or None, kind, alpha, O, D, dW, db) per layer,
+    first to last, O and D (the outputs and deltas) of shape (N, n_out).  The
+    loss gradient goes to ``loss_grad``; each layer's input gradient straight
+    into the D of the layer below (none for the first layer).  Returns the
+    weighted loss sum.  The layers' arrays are checked here (_stack_array),
+    X, the targets and loss_grad by their memoryviews.
+
+    ``sgd``: None, or an SGD step to take on the way, as sgd_step's
+    arguments (views, regularize, lr, momentum, nesterov, l2, l1), views
+    holding (parameter array, velocity or None) for each layer's W
+    then its b, first layer to last (_stack_sgd checks them): each parameter
+    is updated as soon as its gradient is known, while that is in cache
+    (the same arithmetic as sgd_step, so the same numbers); the gradients
+    are written all the same."""
+    cdef Py_ssize_t n = X.shape[0], n_layers = len(layers), l, width = 1, n_in = X.shape[1]
+    cdef DenseLayer* plan
+    cdef double* partial
+    cdef double total
+    cdef const floating* A
+    cdef Py_ssize_t n_out
+    cdef int dtype = cnp.NPY_FLOAT32 if floating is float else cnp.NPY_FLOAT64
+    if n_layers == 0:
+        raise ValueError("layers must not be empty")
+    plan = <DenseLayer*> malloc(n_layers * sizeof(DenseLayer))
+    if plan == NULL:
+        raise MemoryError()
+    try:
+        # raw pointers, not memoryviews: acquiring eight buffers a layer cost
+        # microseconds a step
+        for l in range(n_layers):
+            W, b, kind, alpha, O, D, dW, db = layers[l]
+            n_out = (cnp.PyArray_DIM(<cnp.ndarray> W, 1) if isinstance(W, cnp.ndarray)
+                     and cnp.PyArray_NDIM(<cnp.ndarray> W) == 2 else 0)
+            plan[l].W = _stack_array(W, dtype, n_in, n_out, False, l, "W")
+            plan[l].b = _stack_array(b, dtype, n_out, -1, False, l, "b") if b is not None else NULL
+            plan[l].O = _stack_array(O, dtype, n, n_out, True, l, "O")
+            plan[l].D = _stack_array(D, dtype, n, n_out, True, l, "D")
+            plan[l].dW = _stack_array(dW, dtype, n_in, n_out, True, l, "dW")
+            plan[l].db = _stack_array(db, dtype, n_out, -1, True, l, "db")
+            plan[l].n_in, plan[l].n_out = n_in, n_out
+            plan[l].kind, plan[l].alpha = kind, alpha
+            n_in = n_out
+            width = max(width, n_in)
+        if loss_grad.shape[0] != n or loss_grad.shape[1] != n_in:
+            raise ValueError("loss_grad must have the shape of the last layer's output")
+        if (labels is not None and labels.shape[0] != n) or \
+                (target is not None and (target.shape[0] != n or target.shape[1] != n_in)) or \
+                (sample_weight is not None and sample_weight.shape[0] != n):
+            raise ValueError("targets and weights must have one row per sample")
+        if sgd is not None:
+            _stack_sgd(plan, n_layers, sgd)
+        partial = <double*> malloc(_n_chunks(n) * width * sizeof(double))
+        if partial == NULL:
+            raise MemoryError()
+        with nogil:
+            A = &X[0, 0]
+            for l in range(n_layers):
+                _gemm_tiled(False, False, n, plan[l].n_out, plan[l].n_in, A, plan[l].n_in,
+                            <const floating*>plan[l].W, plan[l].n_out, <floating*>plan[l].O,
+                            plan[l].n_out, <const floating*>plan[l].b, plan[l].kind,
+                            <floating>plan[l].alpha)
+                A = <const floating*>plan[l].O
+            l = n_layers - 1
+            total = _loss_rows(loss, <const floating*>plan[l].O,
+                               &labels[0] if labels is not None else NULL,
+                               &target[0, 0] if target is not None else NULL,
+                               &sample_weight[0] if sample_weight is not None else NULL,
+                               &loss_grad[0, 0], NULL, n, plan[l].n_out, scale, smoothing,
+                               partial)
+            A = &loss_grad[0, 0]        # the gradient arriving at the current layer
+            for l in range(n_layers - 1, -1, -1):
+                _dense_backward_rows(<const floating*>plan[l - 1].O if l > 0 else &X[0, 0],
+                                     <const floating*>plan[l].W, <const floating*>plan[l].O, A,
+                                     <floating*>plan[l].D,
+                                     <floating*>plan[l - 1].D if l > 0 else NULL,
+                                     <floating*>plan[l].dW, <floating*>plan[l].db, n,
+                                     plan[l].n_in, plan[l].n_out, plan[l].kind,
+                                     <floating>plan[l].alpha, partial,
+                                     &plan[l].update_w if sgd is not None else NULL,
+                                     &plan[l].update_b if sgd is not None
+                                     and plan[l].update_b.p != NULL else NULL)
+                if l > 0:
+                    A = <const floating*>plan[l - 1].D
+        free(partial)
+    finally:
+        free(plan)
+    return total
+
+
+cdef void* _stack_array(object x, int dtype, Py_ssize_t d0, Py_ssize_t d1, bint written,
+                        Py_ssize_t l, str name) except NULL:
+    """The data of one of dense_stack_step's per-layer arrays after checking
+    it: _plain of shape (d0, d1) ((d0,) when d1 < 0), writeable where the
+    step writes to it."""
+    if not _plain_shape(x, dtype, d0, d1) or (written and
+                                              not cnp.PyArray_ISWRITEABLE(<cnp.ndarray> x)):
+        shape = f"({d0},)" if d1 < 0 else f"({d0}, {d1})"
+        raise ValueError(f"layer {l}: {name} must be a C-contiguous "
+                         f"{'float32' if dtype == cnp.NPY_FLOAT32 else 'float64'} array of "
+                         f"shape {shape}{', writeable' if written else ''}")
+    return cnp.PyArray_DATA(<cnp.ndarray> x)
+
+
+cdef int _stack_sgd(DenseLayer* plan, Py_ssize_t n_layers, tuple sgd) except -1:
+    """Fills each layer's update_w and update_b from dense_stack_step's
+    ``sgd``, after checking that its views are the layers' parameters, in
+    order (the same memory, writeable, velocities of the same size)."""
+    views, regularize, lr, momentum, nesterov, l2, l1 = sgd
+    cdef Py_ssize_t l, k = 0, size
+    cdef SgdUpdate* u
+    cdef const void* param
+    cdef int which
+    for l in range(n_layers):
+        k += 1 + (plan[l].b != NULL)
+    if len(views) != k or len(regularize) != k:
+        raise ValueError(f"sgd: {len(views)} views for the layers' {k} parameters")
+    k = 0
+    for l in range(n_layers):
+        for which in range(2):      # W, then b
+            u = &plan[l].update_w if which == 0 else &plan[l].update_b
+            param = plan[l].W if which == 0 else plan[l].b
+            size = plan[l].n_in * plan[l].n_out if which == 0 else plan[l].n_out
+            u.p = NULL      # a layer without bias: no update of its db
+            if param == NULL:
+                continue
+            p, v = views[k]
+            if not (isinstance(p, cnp.ndarray) and _data(p) == param
+                    and cnp.PyArray_SIZE(<cnp.ndarray> p) == size
+                    and cnp.PyArray_ISWRITEABLE(<cnp.ndarray> p)
+                    and (v is None or (isinstance(v, cnp.ndarray) and v.dtype == p.dtype
+                                       and cnp.PyArray_SIZE(<cnp.ndarray> v) == size
+                                       and cnp.PyArray_ISCARRAY(<cnp.ndarray> v)))):
+                raise ValueError(f"sgd: view {k} is not layer {l}'s "
+                                 f"{('weight', 'bias')[which]}, writeable "
+                                 "(with a velocity of its size)")
+            u.p, u.v = _data(p), _data(v)
+            u.lr, u.momentum, u.nesterov = lr, momentum, nesterov
+            u.l2 = l2 if regularize[k] else 0
+            u.l1 = l1 if regularize[k] else 0
+            k += 1
+    return 0
