@@ -1,0 +1,70 @@
+"""MLPRegressor: scikit-learn's, trained by fastnn."""
+
+import numpy as np
+
+from .. import nn
+from ._base import RegressorMixin, _check_dtype, _r2_score, _threads
+from ._mlp import _BaseMLP
+
+
+class MLPRegressor(RegressorMixin, _BaseMLP):
+    """Multi-layer perceptron regressor, a drop-in for scikit-learn's.
+
+    Identity output, squared error (½ convention; the reported loss is
+    averaged over outputs, as scikit-learn's).  Parameters as in
+    ``sklearn.neural_network.MLPRegressor`` (solver "lbfgs" and
+    loss="poisson" excepted), plus the extras documented on
+    :class:`MLPClassifier` (leaky_relu, l1, dropout, dtype, n_threads,
+    validation_data, callbacks, comm).
+    """
+
+    _kind = "numeric"
+
+    def __init__(self, loss="squared_error", hidden_layer_sizes=(100,), activation="relu", *,
+                 solver="adam", alpha=0.0001, batch_size="auto", learning_rate="constant",
+                 learning_rate_init=0.001, power_t=0.5, max_iter=200, shuffle=True,
+                 random_state=None, tol=1e-4, verbose=False, warm_start=False, momentum=0.9,
+                 nesterovs_momentum=True, early_stopping=False, validation_fraction=0.1,
+                 beta_1=0.9, beta_2=0.999, epsilon=1e-8, n_iter_no_change=10, max_fun=15000,
+                 l1=0.0, dropout=0.0, dtype=np.float32, n_threads=None, validation_data=None,
+                 callbacks=None, comm=None):
+        self._store_params(locals())
+
+    def _check_params(self, incremental):
+        if self.loss != "squared_error":
+            raise ValueError(f"loss must be 'squared_error' (fastnn does not support "
+                             f"{self.loss!r}), got {self.loss!r}")
+        return super()._check_params(incremental)
+
+    def partial_fit(self, X, y):
+        """One epoch over (X, y)."""
+        with _threads(self.n_threads):
+            return self._fit(X, y, incremental=True)
+
+    def _encode_y(self, y, first, incremental, classes):
+        y = np.asarray(y, dtype=_check_dtype(self.dtype))
+        if y.ndim == 1:
+            y = y.reshape(-1, 1)
+        if first:
+            self.out_activation_ = "identity"
+        return y
+
+    def _n_network_outputs(self, target):
+        return target.shape[1]
+
+    def _make_loss(self):
+        return nn.MSELoss()
+
+    def _loss_outputs(self):
+        return self.n_outputs_  # scikit-learn averages the squared error over outputs
+
+    def _encoded_score(self, X, target):
+        pred = self._forward(X)
+        if not np.isfinite(pred).all():
+            return float("nan")
+        return _r2_score(target.astype(np.float64), pred)
+
+    def predict(self, X):
+        """Predicted values, shape (n_samples,) or (n_samples, n_outputs)."""
+        out = self._raw_output(X)
+        return out.ravel() if out.shape[1] == 1 else out
