@@ -2,7 +2,7 @@
 
     python benchmarks/distributed_scaling.py serial THREADS      # nn.fit, one process
     mpiexec -n P python benchmarks/distributed_scaling.py mpi     # distributed.fit, 1 thread a rank
-    python benchmarks/distributed_scaling.py model GFLOPS         # the README's scaling table
+    python benchmarks/distributed_scaling.py model GFLOPS         # docs/PERFORMANCE.md's scaling table
 
 The workload is one epoch of mlp_epoch (fastnn.bench.workloads: 60000 x 784
 float32, MLP 784-256-128-10 ReLU, SGD lr 0.05, global batch 128); three

@@ -424,7 +424,7 @@ def core_round_trip():
     OpenMP threads (five probes), or None where fewer than two cores are
     usable.  Every parallel region waits on it; on a virtual machine it
     changes with where the host runs the vCPUs, and two-thread times with it
-    (README: Benchmarks)."""
+    (docs/PERFORMANCE.md: Variability on a virtual machine)."""
     if W.thread_counts()[-1] < 2:
         return None
     probes = [fastnn._kernels.team_round_trip(2000, 0.05) for _ in range(5)]
