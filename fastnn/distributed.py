@@ -128,7 +128,11 @@ def load_shard(path, comm):
 
 def sync_generator(rng, comm, root=0):
     """``rng`` as a Generator whose state is ``root``'s on every rank (so
-    ``rng=None`` still gives all ranks the same shuffles and initial weights)."""
+    ``rng=None`` still gives all ranks the same shuffles and initial weights);
+    a RandomState (scikit-learn's kind) stays one, with root's state."""
+    if isinstance(rng, np.random.RandomState):
+        rng.set_state(comm.bcast(rng.get_state(), root=root))
+        return rng
     rng = _init.as_generator(rng)
     rng.bit_generator.state = comm.bcast(rng.bit_generator.state, root=root)
     return rng
@@ -337,7 +341,12 @@ def fit(model, loss, optimizer, X, y, *, epochs, batch_size, comm, shuffle=True,
     batch_size = min(batch_size, n)
     n_steps = math.ceil(n / batch_size)
     rng = sync_generator(rng, comm)
-    order_rng = rng.spawn(size)[rank] if sharded else rng
+    if sharded:  # one stream per rank
+        if isinstance(rng, np.random.RandomState):
+            rng = np.random.default_rng(rng.randint(2**31 - 1))
+        order_rng = rng.spawn(size)[rank]
+    else:
+        order_rng = rng
     broadcast_parameters(model, comm)
 
     callbacks = nn._Callbacks(callbacks)
@@ -366,6 +375,14 @@ def fit(model, loss, optimizer, X, y, *, epochs, batch_size, comm, shuffle=True,
                     lo, hi = shard_range(global_m, rank=rank, size=size)
                     lo, hi = start + lo, start + hi
                 m = hi - lo
+                if callbacks.start_hooks:  # the global batch's weight sum
+                    if sample_weight is None:
+                        global_w = global_m
+                    elif sharded:
+                        global_w = comm.allreduce(float(sample_weight[order[lo:hi]].sum()))
+                    else:  # every rank holds the whole batch
+                        global_w = float(sample_weight[order[start:start + global_m]].sum())
+                    callbacks.batch_start(global_m, global_w)
                 if m:
                     xb, yb, wb = gather(order[lo:hi])
                     weight = m if wb is None else float(wb.sum(dtype=np.float64))

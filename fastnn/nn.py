@@ -811,13 +811,20 @@ class _BatchGather:
 
 
 class _Callbacks:
-    """fit's callbacks (shared with fastnn.distributed.fit): ``batch_end(n)``
-    after every step where a callback has it, and at the end of an epoch
-    ``epoch_end(loss)`` or a call ``callback(epoch, loss)``."""
+    """fit's callbacks (shared with fastnn.distributed.fit):
+    ``batch_start(n, weight)`` before every step (n samples of weight sum
+    ``weight``) and ``batch_end(n)`` after it, where a callback has them,
+    and at the end of an epoch ``epoch_end(loss)`` or a call
+    ``callback(epoch, loss)``."""
 
     def __init__(self, callbacks):
         self.callbacks = list(callbacks or [])
+        self.start_hooks = [cb.batch_start for cb in self.callbacks if hasattr(cb, "batch_start")]
         self.batch_hooks = [cb.batch_end for cb in self.callbacks if hasattr(cb, "batch_end")]
+
+    def batch_start(self, n_samples, weight):
+        for hook in self.start_hooks:
+            hook(n_samples, weight)
 
     def batch_end(self, n_samples):
         for hook in self.batch_hooks:
@@ -855,7 +862,7 @@ def fit(model, loss, optimizer, X, y, *, epochs, batch_size, shuffle=True, rng=N
     """Minibatch training; returns the list of epoch losses.
 
     Each epoch visits every sample once, in an order shuffled by ``rng``
-    (Generator, int seed or None) when ``shuffle``; the last batch may be
+    (Generator, RandomState, int seed or None) when ``shuffle``; the last batch may be
     smaller.  Batches are gathered into buffers allocated once
     (``np.take(..., out=)``), not fancy-indexed copies; X (and float targets,
     weights) are converted once to the model dtype, integer class labels to
@@ -889,7 +896,8 @@ def fit(model, loss, optimizer, X, y, *, epochs, batch_size, shuffle=True, rng=N
         if sample_weight.shape != (n,):
             raise ValueError(f"sample_weight must have shape ({n},), got {sample_weight.shape}")
     callbacks = _Callbacks(callbacks)
-    rng = _init.as_generator(rng)
+    if not isinstance(rng, np.random.RandomState):  # (scikit-learn's kind is kept)
+        rng = _init.as_generator(rng)
     batch_size = min(batch_size, n)
 
     order = np.arange(n)
@@ -909,8 +917,12 @@ def fit(model, loss, optimizer, X, y, *, epochs, batch_size, shuffle=True, rng=N
                 else:  # contiguous row slices are views: no gathering needed
                     xb, yb = X[start:stop], y[start:stop]
                     wb = None if sample_weight is None else sample_weight[start:stop]
-                value = train_step(model, loss, optimizer, xb, yb, wb)
                 weight = m if wb is None else float(wb.sum(dtype=np.float64))
+                if weight == 0:  # a batch of zero weight has no mean and teaches nothing
+                    callbacks.batch_end(m)
+                    continue
+                callbacks.batch_start(m, weight)
+                value = train_step(model, loss, optimizer, xb, yb, wb)
                 loss_sum += value * weight
                 weight_sum += weight
                 callbacks.batch_end(m)

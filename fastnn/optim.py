@@ -402,10 +402,14 @@ class AdaptiveLR(LRSchedule):
                  lr0=None):
         super().__init__(optimizer, lr0=lr0)
         self.tol = check_real(tol, "tol")
-        if (not isinstance(n_iter_no_change, numbers.Integral) or isinstance(n_iter_no_change, bool)
-                or n_iter_no_change < 1):
-            raise ValueError(f"n_iter_no_change must be a positive integer, got {n_iter_no_change!r}")
-        self.n_iter_no_change = int(n_iter_no_change)
+        if n_iter_no_change != math.inf and (
+                not isinstance(n_iter_no_change, numbers.Integral)
+                or isinstance(n_iter_no_change, bool) or n_iter_no_change < 1):
+            raise ValueError(f"n_iter_no_change must be a positive integer or math.inf, "
+                             f"got {n_iter_no_change!r}")
+        # math.inf: never stop nor change the rate (scikit-learn's np.inf)
+        self.n_iter_no_change = (math.inf if n_iter_no_change == math.inf
+                                 else int(n_iter_no_change))
         self.factor = check_real(factor, "factor", 1.0, low_open=True)
         self.min_lr = check_real(min_lr, "min_lr")
         self.best_loss = math.inf
@@ -431,5 +435,6 @@ class AdaptiveLR(LRSchedule):
 
     def load_state_dict(self, state):
         super().load_state_dict(state)
-        self.n_iter_no_change = int(self.n_iter_no_change)
+        if self.n_iter_no_change != math.inf:
+            self.n_iter_no_change = int(self.n_iter_no_change)
         self.no_improvement_count = int(self.no_improvement_count)

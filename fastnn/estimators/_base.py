@@ -171,6 +171,26 @@ def _validate(est, X, y=None, *, reset, y_kind=None):
     return X, y
 
 
+def _check_sample_weight(sample_weight, n, dtype):
+    """scikit-learn's sample_weight rules: a number (the same weight for every
+    sample) or one finite, non-negative weight per sample, not all zero."""
+    if isinstance(sample_weight, numbers.Number):
+        sample_weight = np.full(n, sample_weight)
+    w = np.asarray(sample_weight)
+    if w.dtype.kind not in "fiub":
+        raise ValueError(f"sample_weight must hold real numbers, got dtype {w.dtype}")
+    if w.shape != (n,):
+        raise ValueError(f"sample_weight.shape == {w.shape}, expected ({n},)!")
+    w = np.ascontiguousarray(w, dtype=dtype)
+    if not np.isfinite(w).all():
+        raise ValueError("Input sample_weight contains NaN or infinity.")
+    if (w < 0).any():
+        raise ValueError("Negative values in data passed to sample_weight")
+    if not w.any():
+        raise ValueError("sample_weight must not be all zero")
+    return w
+
+
 def _check_fitted(est):
     check_is_fitted(est)
 
@@ -222,36 +242,14 @@ _ALWAYS_STOP = sys.float_info.max
 
 
 class _Progress:
-    """Per-epoch progress: a tqdm bar when tqdm is installed, printed lines otherwise."""
+    """scikit-learn's verbose output: a line per iteration on stdout."""
 
-    def __init__(self, verbose, total, name):
-        self.bar = None
+    def __init__(self, verbose):
         self.enabled = bool(verbose)
-        if self.enabled:
-            try:
-                from tqdm.auto import tqdm
-                self.bar = tqdm(total=total, desc=name, unit="epoch")
-            except ImportError:
-                pass
 
-    def update(self, epoch, loss, val_score, speed):
-        if not self.enabled:
-            return
-        fields = {"loss": f"{loss:.6f}"}
-        if val_score is not None:
-            fields["validation score"] = f"{val_score:.6f}"
-        fields["samples/s"] = f"{speed:,.0f}"
-        if self.bar is not None:
-            self.bar.update(1)
-            self.bar.set_postfix(fields)
-        else:
-            print(f"Epoch {epoch}, " + ", ".join(f"{k} = {v}" for k, v in fields.items()))
-            sys.stdout.flush()
+    def iteration(self, n, loss):
+        self.message(f"Iteration {n}, loss = {loss:.8f}")
 
     def message(self, text):
         if self.enabled:
-            (self.bar.write if self.bar is not None else print)(text)
-
-    def close(self):
-        if self.bar is not None:
-            self.bar.close()
+            print(text, flush=True)

@@ -1,7 +1,6 @@
 """LogisticRegression: binary and multinomial, on fastnn's fused kernels."""
 import functools
 import math
-import time
 import warnings
 
 import numpy as np
@@ -11,7 +10,8 @@ from .. import functional as F
 from .. import distributed as _dist
 from .. import nn, optim
 from ._base import (BaseEstimator, check_classification_targets, ClassifierMixin,
-                    ConvergenceWarning, _ALWAYS_STOP, _check_dtype, _check_fitted, _is_int,
+                    ConvergenceWarning, _ALWAYS_STOP, _check_dtype, _check_fitted,
+                    _check_sample_weight, _is_int,
                     _Progress, _rng_from, _sigmoid, _threads, _two_columns, _validate)
 from ._state import _classes_from_state, _classes_state, _decode_param, _encode_param
 
@@ -76,8 +76,11 @@ class LogisticRegression(ClassifierMixin, BaseEstimator):
         _threads(self.n_threads)
         return _check_dtype(self.dtype)
 
-    def fit(self, X, y):
-        """Fit the model.  Returns self."""
+    def fit(self, X, y, sample_weight=None):
+        """Fit the model.  ``sample_weight``: one non-negative weight per
+        sample (None: all 1); the objective is then the weighted mean loss
+        plus ||w||²/(2·C·Σweights), scikit-learn's C·Σ w_i·loss_i + ½||w||²
+        scaled.  Returns self."""
         dtype = self._check_params()
         with _threads(self.n_threads):
             X, y = _validate(self, X, y, reset=True, y_kind="class")
@@ -90,34 +93,38 @@ class LogisticRegression(ClassifierMixin, BaseEstimator):
                                  f"1 class: {self.classes_[0]!r}")
             X = np.ascontiguousarray(X, dtype=dtype)
             n, d = X.shape
+            sw = None if sample_weight is None else _check_sample_weight(sample_weight, n, dtype)
+            total = n if sw is None else float(np.sum(sw, dtype=np.float64))
             k = 1 if len(self.classes_) == 2 else len(self.classes_)
             # binary: float 0/1 targets; multinomial: int64 class indices
             target = idx.astype(dtype) if k == 1 else idx.astype(np.int64)
-            lam = 0.0 if self.penalty is None else 1.0 / (self.C * n)
+            lam = 0.0 if self.penalty is None else 1.0 / (self.C * total)
             if self.solver == "gd":
-                W, b = self._fit_gd(X, target, k, lam)
+                W, b = self._fit_gd(X, target, sw, k, lam)
             else:
-                W, b = self._fit_sgd(X, target, k, lam)
+                W, b = self._fit_sgd(X, target, sw, k, lam)
         self.coef_ = np.ascontiguousarray(W.T)
         self.intercept_ = b
         return self
 
     # -- full-batch gradient descent ------------------------------------------
-    def _smooth(self, X, target, W, b, lam_l2):
-        """Mean data loss + lam_l2/2·||W||² and its gradient (gW, gb); with
-        ``comm``, X holds this rank's rows and the means are over all ranks'."""
-        if X.shape[0] == 0:  # more ranks than samples
+    def _smooth(self, X, target, sw, W, b, lam_l2):
+        """(Weighted) mean data loss + lam_l2/2·||W||² and its gradient (gW,
+        gb); with ``comm``, X holds this rank's rows and the means are over
+        all ranks'."""
+        local = X.shape[0] if sw is None else float(np.sum(sw, dtype=np.float64))
+        if local == 0:  # more ranks than samples, or only zero weights here
             loss, gW, gb = 0.0, np.zeros_like(W), np.zeros_like(b)
         elif W.shape[1] == 1:
-            loss, gw, gb = F.logistic_loss_grad(X, W[:, 0], float(b[0]), target)
+            loss, gw, gb = F.logistic_loss_grad(X, W[:, 0], float(b[0]), target, sample_weight=sw)
             gW, gb = gw.reshape(-1, 1), np.array([gb], X.dtype)
         else:
             Z = F.dense_forward(X, W, b)
-            loss, G = F.softmax_cross_entropy(Z, target)
+            loss, G = F.softmax_cross_entropy(Z, target, sample_weight=sw)
             _, gW, gb = F.dense_backward(X, W, Z, G, need_input_grad=False,
                                          overwrite_grad_out=True)
         if self.comm is not None:
-            loss, gW, gb = _dist.weighted_mean(self.comm, X.shape[0], loss, gW, gb)
+            loss, gW, gb = _dist.weighted_mean(self.comm, local, loss, gW, gb)
         if lam_l2:
             loss += 0.5 * lam_l2 * float(np.dot(W.ravel(), W.ravel()))
             gW += lam_l2 * W
@@ -125,7 +132,7 @@ class LogisticRegression(ClassifierMixin, BaseEstimator):
             gb[:] = 0
         return loss, gW, gb
 
-    def _fit_gd(self, X, target, k, lam):
+    def _fit_gd(self, X, target, sw, k, lam):
         n, d = X.shape
         lam_l2 = lam if self.penalty == "l2" else 0.0
         lam_l1 = lam if self.penalty == "l1" else 0.0
@@ -139,25 +146,24 @@ class LogisticRegression(ClassifierMixin, BaseEstimator):
         b = np.zeros(k, X.dtype)
         fixed = self.learning_rate != "auto"
         # Lipschitz bound of the mean loss's gradient: (1/4 or 1/2)·||[X 1]||_F²/n
-        L = (0.25 if k == 1 else 0.5) * (float(np.einsum("ij,ij->", X, X)) / n
-                                         + self.fit_intercept) + lam_l2
+        # (rows weighted by sw/mean(sw) with weights)
+        L = (0.25 if k == 1 else 0.5) * (_mean_square_norm(X, sw) + self.fit_intercept) + lam_l2
         L = 1.0 / self.learning_rate if fixed else L
         if self.comm is not None:  # each rank evaluates the loss on its rows only
             start, stop = _dist.shard_range(n, self.comm)
             X, target = X[start:stop], target[start:stop]
+            sw = None if sw is None else sw[start:stop]
         yW, yb, t = W, b, 1.0
         converged = False
-        progress = _Progress(self.verbose and _dist.is_root(self.comm), self.max_iter,
-                             "LogisticRegression")
+        progress = _Progress(self.verbose and _dist.is_root(self.comm))
         for it in range(1, self.max_iter + 1):
-            start = time.perf_counter()
-            fy, gW, gb = self._smooth(X, target, yW, yb, lam_l2)
+            fy, gW, gb = self._smooth(X, target, sw, yW, yb, lam_l2)
             while True:
                 nW, nb = prox(yW - gW / L, 1.0 / L), yb - gb / L
                 if fixed:
                     break
                 dW, db = nW - yW, nb - yb
-                fn = self._smooth(X, target, nW, nb, lam_l2)[0]
+                fn = self._smooth(X, target, sw, nW, nb, lam_l2)[0]
                 quad = float(np.vdot(gW, dW) + np.vdot(gb, db)) + 0.5 * L * float(
                     np.vdot(dW, dW) + np.vdot(db, db))
                 # sufficient decrease (with slack for rounding near the optimum)
@@ -167,7 +173,7 @@ class LogisticRegression(ClassifierMixin, BaseEstimator):
             if not math.isfinite(fy):
                 raise ValueError(f"the loss became non-finite at iteration {it}")
             mapping = L * max(float(np.abs(nW - yW).max()), float(np.abs(nb - yb).max()))
-            progress.update(it, fy, None, n / max(time.perf_counter() - start, 1e-12))
+            progress.iteration(it, fy)
             if fixed:
                 W, b, yW, yb = nW, nb, nW, nb
             else:
@@ -182,7 +188,6 @@ class LogisticRegression(ClassifierMixin, BaseEstimator):
             if mapping <= self.tol:
                 converged = True
                 break
-        progress.close()
         self.n_iter_ = np.array([it])
         if not converged:
             warnings.warn(f"LogisticRegression (solver='gd') did not converge in "
@@ -191,13 +196,13 @@ class LogisticRegression(ClassifierMixin, BaseEstimator):
         return W, b
 
     # -- minibatch SGD ----------------------------------------------------------
-    def _fit_sgd(self, X, target, k, lam):
+    def _fit_sgd(self, X, target, sw, k, lam):
         n, d = X.shape
         dense = nn.Dense(d, k, init="zeros", bias=self.fit_intercept, dtype=X.dtype)
         model = nn.Sequential(dense)
         loss = nn.BinaryCrossEntropyWithLogits() if k == 1 else nn.SoftmaxCrossEntropy()
         if self.learning_rate == "auto":
-            lr = 1.0 / ((0.25 if k == 1 else 0.5) * (float(np.einsum("ij,ij->", X, X)) / n
+            lr = 1.0 / ((0.25 if k == 1 else 0.5) * (_mean_square_norm(X, sw)
                                                      + self.fit_intercept) + lam)
         else:
             lr = self.learning_rate
@@ -211,7 +216,8 @@ class LogisticRegression(ClassifierMixin, BaseEstimator):
         stopper = optim.AdaptiveLR(opt, tol=self.tol, n_iter_no_change=self.n_iter_no_change,
                                    min_lr=_ALWAYS_STOP)
         history = train(model, loss, opt, X, target, epochs=self.max_iter,
-                        batch_size=min(self.batch_size, n), rng=rng, callbacks=[stopper])
+                        batch_size=min(self.batch_size, n), rng=rng, sample_weight=sw,
+                        callbacks=[stopper])
         if not np.isfinite(history).all():
             bad = int(np.flatnonzero(~np.isfinite(history))[0]) + 1
             raise ValueError(f"the training loss became non-finite at epoch {bad}: lower "
@@ -276,3 +282,9 @@ class LogisticRegression(ClassifierMixin, BaseEstimator):
         if "feature_names_in_" in arrays:
             est.feature_names_in_ = np.asarray(arrays["feature_names_in_"]).astype(object)
         return est
+
+
+def _mean_square_norm(X, sw):
+    """The (weighted) mean of the rows' squared norms."""
+    sq = np.einsum("ij,ij->i", X, X, dtype=np.float64)
+    return float(np.average(sq, weights=sw))

@@ -5,6 +5,7 @@ import functools
 import inspect
 import math
 import time
+import types
 import warnings
 
 import numpy as np
@@ -15,49 +16,107 @@ from .. import init as _init
 from .. import distributed as _dist
 from .. import nn, optim
 from ._base import (BaseEstimator, ConvergenceWarning, _ALWAYS_STOP, _check_dtype, _check_fitted,
-                    _is_int, _Progress, _rng_from, _threads, _validate)
+                    _check_sample_weight, _is_int, _Progress, _rng_from, _SKLEARN, _threads,
+                    _validate)
 from ._state import _decode_param, _encode_param
 
 
 _ACTIVATIONS = {"identity": "identity", "logistic": "sigmoid", "tanh": "tanh", "relu": "relu",
                 "leaky_relu": "leaky_relu"}
 _LEAKY_SLOPE = 0.01
+_STOCHASTIC = ("sgd", "adam")
+_NONFINITE = ("Solver produced non-finite parameter weights. The input data may contain large "
+              "values and need to be preprocessed.")
+
+
+def _penalty(weights, alpha, l1):
+    """½·alpha·Σ||W||² + l1·Σ|W| (the penalties' numerator)."""
+    total = 0.0
+    if alpha:
+        total += 0.5 * alpha * sum(float(np.dot(w.ravel(), w.ravel())) for w in weights)
+    if l1:
+        total += l1 * sum(float(np.abs(w).sum()) for w in weights)
+    return total
+
+
+def _stochastic_only(method):
+    """``partial_fit`` exists for the stochastic solvers only:
+    ``hasattr(est, "partial_fit")`` is False with solver="lbfgs", as in
+    scikit-learn."""
+    def get(self):
+        if self.solver not in _STOCHASTIC:
+            raise AttributeError(f"partial_fit is only available for stochastic optimizers. "
+                                 f"{self.solver!r} is not stochastic.")
+        return method.__get__(self, type(self))
+    return property(get, doc=method.__doc__)
 
 
 class _BatchPenalty:
-    """scikit-learn's batch-size convention for the penalties, as an
-    ``nn.fit`` callback: a batch of m samples adds alpha/(2m)·||W||² (and
-    l1/m·||W||_1) to the batch loss, so the optimiser gets weight_decay
-    alpha/m and l1 l1/m.  The epoch loss gets Σ_batches of the penalty
-    (weighted by m, as the data loss), evaluated before each update."""
+    """scikit-learn's batch convention for the penalties, as an ``nn.fit``
+    callback: a batch of m samples of weight sum s (s = m without weights)
+    adds alpha/(2s)·||W||² (and l1/s·||W||_1) to the batch loss, so the
+    optimiser gets weight_decay alpha/s and l1 l1/s.  The epoch loss gets
+    Σ_batches (m/n)·(that penalty), evaluated before each update."""
 
-    def __init__(self, optimizer, weights, alpha, l1, n, batch_size):
+    def __init__(self, optimizer, weights, alpha, l1, n):
         self.optimizer, self.weights = optimizer, weights
-        self.alpha, self.l1, self.n, self.batch_size = alpha, l1, n, batch_size
+        self.alpha, self.l1, self.n = alpha, l1, n
 
     def start_epoch(self):
-        self.seen, self.total = 0, 0.0
-        self._prepare(min(self.batch_size, self.n))
+        self.total = 0.0
 
-    def _prepare(self, m):
-        self.optimizer.weight_decay = self.alpha / m
-        self.optimizer.l1 = self.l1 / m
-        if self.alpha:
-            self.total += 0.5 * self.alpha * sum(float(np.dot(w.ravel(), w.ravel()))
-                                                 for w in self.weights)
-        if self.l1:
-            self.total += self.l1 * sum(float(np.abs(w).sum()) for w in self.weights)
-
-    def batch_end(self, m):
-        self.seen += m
-        if self.seen < self.n:
-            self._prepare(min(self.batch_size, self.n - self.seen))
+    def batch_start(self, m, weight):
+        self.optimizer.weight_decay = self.alpha / weight
+        self.optimizer.l1 = self.l1 / weight
+        if self.alpha or self.l1:
+            self.total += m / weight * _penalty(self.weights, self.alpha, self.l1)
 
     def epoch_end(self, loss):
         return False
 
     def epoch_penalty(self):
         return self.total / self.n
+
+
+class _LbfgsObjective:
+    """The full-batch objective L-BFGS minimises, f(θ) = data loss +
+    alpha/(2s)·Σ||W||² (s: the weight sum), and its gradient, θ packed as
+    scikit-learn packs it (every layer's W, then every layer's b).  One
+    evaluation is one compiled forward/backward call (``nn.forward_backward``)."""
+
+    def __init__(self, network, loss, X, target, sample_weight, alpha):
+        dense = [layer for layer in network.layers if isinstance(layer, nn.Dense)]
+        self.params = [d.weight for d in dense] + [d.bias for d in dense]
+        self.n_coefs = len(dense)
+        self.network, self.loss, self.X, self.target = network, loss, X, target
+        self.sample_weight = sample_weight
+        self.weight = X.shape[0] if sample_weight is None else float(np.sum(sample_weight))
+        self.alpha = alpha
+        self.grad = np.empty(sum(p.size for p in self.params))
+
+    def pack(self):
+        return np.concatenate([p.data.ravel() for p in self.params]).astype(np.float64)
+
+    def unpack(self, theta):
+        start = 0
+        for p in self.params:
+            np.copyto(p.data, theta[start:start + p.size].reshape(p.shape), casting="unsafe")
+            start += p.size
+
+    def __call__(self, theta):
+        self.unpack(theta)
+        coefs = [p.data for p in self.params[:self.n_coefs]]
+        self.data_loss = nn.forward_backward(self.network, self.loss, self.X, self.target,
+                                             self.sample_weight)
+        self.penalty = _penalty(coefs, self.alpha, 0.0) / self.weight
+        start = 0
+        for i, p in enumerate(self.params):
+            g = self.grad[start:start + p.size].reshape(p.shape)
+            np.copyto(g, p.grad)
+            if i < self.n_coefs and self.alpha:
+                g += (self.alpha / self.weight) * p.data
+            start += p.size
+        return self.data_loss + self.penalty, self.grad
 
 
 class _BaseMLP(BaseEstimator):
@@ -73,11 +132,8 @@ class _BaseMLP(BaseEstimator):
                 setattr(self, name, params[name])
 
     def _check_params(self, incremental):
-        if self.solver == "lbfgs":
-            raise ValueError("solver='lbfgs' is not supported by fastnn; use solver='adam' or "
-                             "'sgd'")
-        if self.solver not in ("sgd", "adam"):
-            raise ValueError(f"solver must be 'adam' or 'sgd', got {self.solver!r}")
+        if self.solver not in _STOCHASTIC + ("lbfgs",):
+            raise ValueError(f"solver must be 'adam', 'sgd' or 'lbfgs', got {self.solver!r}")
         if self.activation not in _ACTIVATIONS:
             raise ValueError(f"activation must be one of {sorted(_ACTIVATIONS)}, "
                              f"got {self.activation!r}")
@@ -91,9 +147,12 @@ class _BaseMLP(BaseEstimator):
         if not (self.batch_size == "auto" or _is_int(self.batch_size)):
             raise ValueError(f"batch_size must be 'auto' or a positive integer, "
                              f"got {self.batch_size!r}")
-        for name in ("max_iter", "n_iter_no_change"):
+        for name in ("max_iter", "max_fun"):
             if not _is_int(getattr(self, name)):
                 raise ValueError(f"{name} must be a positive integer, got {getattr(self, name)!r}")
+        if not (_is_int(self.n_iter_no_change) or self.n_iter_no_change == math.inf):
+            raise ValueError(f"n_iter_no_change must be a positive integer or np.inf, "
+                             f"got {self.n_iter_no_change!r}")
         for name, low, high, low_open, high_open in (
                 ("alpha", 0, math.inf, False, False), ("l1", 0, math.inf, False, False),
                 ("learning_rate_init", 0, math.inf, True, False),
@@ -103,29 +162,43 @@ class _BaseMLP(BaseEstimator):
                 ("validation_fraction", 0, 1, True, True), ("dropout", 0, 1, False, True)):
             check_real(getattr(self, name), name, low, high, low_open=low_open,
                         high_open=high_open)
+        if self.solver == "lbfgs":
+            for name, value in (("dropout", self.dropout), ("l1", self.l1)):
+                if value:
+                    raise ValueError(f"{name} is not supported with solver='lbfgs' (a "
+                                     "deterministic, smooth objective); use 'adam' or 'sgd'")
+            if self.comm is not None:
+                raise ValueError("comm (data-parallel training) needs a stochastic solver, "
+                                 "'adam' or 'sgd'")
         if self.early_stopping and incremental:
             raise ValueError("partial_fit does not support early_stopping=True")
         if self.callbacks is not None and not all(callable(cb) for cb in self.callbacks):
             raise ValueError("callbacks must be a list of callables f(estimator, logs)")
         _threads(self.n_threads)
-        return sizes, _check_dtype(self.dtype)
+        return sizes, None if self.dtype is None else _check_dtype(self.dtype)
 
     # -- fitting ---------------------------------------------------------------
-    def fit(self, X, y):
-        """Fit the model to X and y (for up to ``max_iter`` epochs).  Returns self."""
+    def fit(self, X, y, sample_weight=None):
+        """Fit the model to X and y (for up to ``max_iter`` epochs, or L-BFGS
+        iterations).  ``sample_weight``: one non-negative weight per sample
+        (None: all 1).  Returns self."""
         with _threads(self.n_threads):
-            return self._fit(X, y, incremental=False)
+            return self._fit(X, y, sample_weight, incremental=False)
 
-    def _fit(self, X, y, incremental, classes=None):
+    def _fit(self, X, y, sample_weight, incremental, classes=None):
         sizes, dtype = self._check_params(incremental)
         first = not hasattr(self, "coefs_") or (not self.warm_start and not incremental)
         X, y = _validate(self, X, y, reset=first, y_kind=self._kind)
+        if dtype is None:  # follow X (scikit-learn's rule: float32 stays, the rest float64)
+            dtype = X.dtype if first else self.coefs_[0].dtype
+        if sample_weight is not None:
+            if self.comm is not None:
+                raise ValueError("sample_weight is not supported with comm")
+            sample_weight = _check_sample_weight(sample_weight, X.shape[0], dtype)
         target = self._encode_y(y, first, incremental, classes)
         n_out = self._n_network_outputs(target)
         if not incremental or not hasattr(self, "_rng"):
-            self._rng = _rng_from(self.random_state)
-            if self.comm is not None:  # same initial weights and shuffles on every rank
-                self._rng = _dist.sync_generator(self._rng, self.comm)
+            self._rng = self._random_source()
         rng = self._rng
         if first:
             self._initialize([X.shape[1]] + sizes + [n_out], dtype, rng)
@@ -135,8 +208,33 @@ class _BaseMLP(BaseEstimator):
         trainer = getattr(self, "_trainer", None)
         if not incremental or trainer is None or not trainer.matches(self, dtype):
             trainer = self._trainer = _Trainer(self, dtype, rng)
-        self._run_epochs(trainer, X, target, incremental, rng)
+        X = X.astype(dtype, copy=False)
+        if self.solver == "lbfgs":
+            self._fit_lbfgs(trainer, X, target, sample_weight)
+        else:
+            self._run_epochs(trainer, X, target, sample_weight, incremental, rng)
+        if not all(np.isfinite(a).all() for a in self.coefs_ + self.intercepts_):
+            raise ValueError(_NONFINITE)
         return self
+
+    def _random_source(self):
+        """What draws the initial weights, the shuffles and the validation
+        split.  For the seeds scikit-learn takes (None, an int, a RandomState)
+        it is scikit-learn's RandomState, drawn from in scikit-learn's order,
+        so the same seed gives scikit-learn's initial weights, epoch orders
+        and split; for a numpy Generator, that Generator; with ``comm``, a
+        Generator synchronised over the ranks."""
+        rs = self.random_state
+        if isinstance(rs, (np.random.Generator, np.random.RandomState)):
+            source = rs
+        elif rs is None:  # numpy's global RandomState, as scikit-learn (a new one with comm)
+            source = np.random.mtrand._rand if self.comm is None else np.random.RandomState()
+        else:
+            _rng_from(rs)  # checks the seed
+            source = np.random.RandomState(rs)
+        if self.comm is not None:  # the same weights and shuffles on every rank
+            source = _dist.sync_generator(source, self.comm)
+        return source
 
     def _initialize(self, units, dtype, rng):
         """New weights (scikit-learn's scheme: weights and biases drawn from
@@ -144,15 +242,25 @@ class _BaseMLP(BaseEstimator):
         act = _ACTIVATIONS[self.activation]
         self.coefs_, self.intercepts_ = [], []
         for fan_in, fan_out in zip(units[:-1], units[1:]):
-            self.coefs_.append(_init.sklearn_uniform((fan_in, fan_out), act, rng, dtype))
             bound = math.sqrt((2.0 if act == "sigmoid" else 6.0) / (fan_in + fan_out))
-            self.intercepts_.append(_init.uniform((fan_out,), bound, rng, dtype))
+            if isinstance(rng, np.random.RandomState):  # scikit-learn's draws, in its order
+                self.coefs_.append(rng.uniform(-bound, bound, (fan_in, fan_out)).astype(dtype))
+                self.intercepts_.append(rng.uniform(-bound, bound, fan_out).astype(dtype))
+            else:
+                self.coefs_.append(_init.sklearn_uniform((fan_in, fan_out), act, rng, dtype))
+                self.intercepts_.append(_init.uniform((fan_out,), bound, rng, dtype))
         self.n_layers_ = len(units)
         self.n_outputs_ = units[-1] if self._kind == "numeric" else self.n_outputs_
         self.n_iter_ = 0
         self.t_ = 0
-        self.loss_curve_ = []
         self._no_improvement_count = 0
+        self._trainer = None
+        if self.solver == "lbfgs":  # scikit-learn keeps no curve or best score for lbfgs
+            for name in ("loss_curve_", "best_loss_", "validation_scores_",
+                         "best_validation_score_"):
+                self.__dict__.pop(name, None)
+            return
+        self.loss_curve_ = []
         self.best_loss_ = np.inf
         self.validation_scores_ = None
         self.best_validation_score_ = None
@@ -161,57 +269,72 @@ class _BaseMLP(BaseEstimator):
             self.best_validation_score_ = -np.inf
         if self.early_stopping:
             self.best_loss_ = None
-        self._trainer = None
 
-    def _split_validation(self, X, target, rng):
-        """scikit-learn's held-out validation set: ceil(fraction·n) samples,
-        stratified by class for single-output classifiers."""
-        n = len(X)
-        n_val = math.ceil(self.validation_fraction * n)
-        perm = rng.permutation(n)
-        if self._kind == "class" and target.ndim == 1:
-            strata = target.ravel()[perm]
-            order = perm[np.argsort(strata, kind="stable")]
-            counts = np.bincount(strata.astype(np.int64))
-            counts = counts[counts > 0]
-            take = np.minimum(np.round(counts * n_val / n).astype(np.int64), counts - 1)
-            starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
-            val = np.concatenate([order[s:s + k] for s, k in zip(starts, take)])
+    def _split_validation(self, X, target, sample_weight, rng):
+        """scikit-learn's held-out validation set: ``validation_fraction`` of
+        the samples, stratified by class for single-output classifiers
+        (scikit-learn's own train_test_split where it is installed)."""
+        n = X.shape[0]
+        strata = self._strata(target)
+        if _SKLEARN:
+            from sklearn.model_selection import train_test_split
+            seed = rng if isinstance(rng, np.random.RandomState) else int(rng.integers(2**31 - 1))
+            train, val = train_test_split(np.arange(n), test_size=self.validation_fraction,
+                                          random_state=seed, stratify=strata)
         else:
-            val = perm[:n_val]
+            train, val = self._own_split(n, strata, rng)
         if len(val) < 2:
             raise ValueError("The validation set is too small. Increase 'validation_fraction' "
                              "or the size of your dataset.")
-        mask = np.ones(n, bool)
-        mask[val] = False
-        train = np.flatnonzero(mask)
-        val = np.sort(val)
-        return X[train], target[train], X[val], target[val]
+        train, val = np.sort(train), np.sort(val)
+        w = sample_weight
+        return (X[train], target[train], None if w is None else w[train],
+                X[val], target[val], None if w is None else w[val])
 
-    def _validation_set(self, X, target, early, rng):
+    def _own_split(self, n, strata, rng):
+        """The split without scikit-learn: ceil(fraction·n) samples, each
+        stratum keeping at least one training sample."""
+        n_val = math.ceil(self.validation_fraction * n)
+        perm = rng.permutation(n)
+        if strata is None:
+            return perm[n_val:], perm[:n_val]
+        codes = np.unique(strata, axis=0, return_inverse=True)[1].ravel()[perm]
+        order = perm[np.argsort(codes, kind="stable")]
+        counts = np.bincount(codes)
+        counts = counts[counts > 0]
+        take = np.minimum(np.round(counts * n_val / n).astype(np.int64), counts - 1)
+        starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
+        val = np.concatenate([order[s:s + k] for s, k in zip(starts, take)])
+        return np.setdiff1d(perm, val), val
+
+    def _strata(self, target):
+        return None
+
+    def _validation_set(self, X, target, sample_weight, early, rng):
         if self.validation_data is not None:
             try:
                 X_val, y_val = self.validation_data
             except (TypeError, ValueError):
                 raise ValueError("validation_data must be a pair (X_val, y_val)") from None
             X_val, y_val = _validate(self, X_val, y_val, reset=False, y_kind=self._kind)
-            return X, target, X_val, self._encode_y(y_val, False, True, None)
+            return X, target, sample_weight, X_val, self._encode_y(y_val, False, True, None), None
         if early:
-            return self._split_validation(X, target, rng)
-        return X, target, None, None
+            return self._split_validation(X, target, sample_weight, rng)
+        return X, target, sample_weight, None, None, None
 
-    def _run_epochs(self, trainer, X, target, incremental, rng):
+    def _run_epochs(self, trainer, X, target, sample_weight, incremental, rng):
         early = self.early_stopping and not incremental
-        X, target, X_val, t_val = self._validation_set(X, target, early, rng)
+        X, target, sample_weight, X_val, t_val, w_val = self._validation_set(
+            X, target, sample_weight, early, rng)
         if X_val is not None and self.validation_scores_ is None:
             self.validation_scores_, self.best_validation_score_ = [], -np.inf
-        n = len(X)
+        n = X.shape[0]
         batch_size = min(200, n) if self.batch_size == "auto" else self.batch_size
         if batch_size > n:
             warnings.warn("Got `batch_size` larger than the sample size. It is going to be "
                           "clipped")
             batch_size = n
-        penalty = _BatchPenalty(trainer.optimizer, self.coefs_, self.alpha, self.l1, n, batch_size)
+        penalty = _BatchPenalty(trainer.optimizer, self.coefs_, self.alpha, self.l1, n)
         callbacks = [penalty] + trainer.schedules
         if trainer.invscaling is not None:
             trainer.invscaling.samples_seen = self.t_
@@ -224,8 +347,7 @@ class _BaseMLP(BaseEstimator):
         stopper.no_improvement_count = self._no_improvement_count
         best = (-self.best_validation_score_ if early else self.best_loss_)
         stopper.best_loss = math.inf if best is None else best
-        progress = _Progress(self.verbose and _dist.is_root(self.comm),
-                             1 if incremental else self.max_iter, type(self).__name__)
+        progress = _Progress(self.verbose and _dist.is_root(self.comm))
         train = nn.fit if self.comm is None else functools.partial(_dist.fit, comm=self.comm)
         self.n_iter_ = 0  # as scikit-learn: the epochs of this call (1 for partial_fit)
         try:
@@ -233,35 +355,43 @@ class _BaseMLP(BaseEstimator):
                 start = time.perf_counter()
                 penalty.start_epoch()
                 data_loss = train(trainer.network, trainer.loss, trainer.optimizer, X, target,
-                                epochs=1, batch_size=batch_size, shuffle=self.shuffle, rng=rng,
-                                callbacks=callbacks)[0]
+                                  epochs=1, batch_size=batch_size, shuffle=self.shuffle, rng=rng,
+                                  sample_weight=sample_weight, callbacks=callbacks)[0]
                 speed = n / max(time.perf_counter() - start, 1e-12)
                 loss = data_loss / self._loss_outputs() + penalty.epoch_penalty()
                 self.n_iter_ += 1
-                if not math.isfinite(loss):
-                    raise ValueError(f"the training loss became non-finite ({loss}) at epoch "
-                                     f"{self.n_iter_}: lower learning_rate_init, scale the "
-                                     "input features, or increase alpha")
                 self.t_ += n
                 self.loss_ = loss
                 self.loss_curve_.append(loss)
+                progress.iteration(self.n_iter_, loss)
+                diverged = not math.isfinite(loss)
+                if diverged and not early:
+                    raise ValueError(f"{_NONFINITE} (The training loss became {loss} at epoch "
+                                     f"{self.n_iter_}: lower learning_rate_init, scale the "
+                                     "input features, or increase alpha.)")
                 score = None
                 if X_val is not None:
-                    score = self._encoded_score(X_val, t_val)
+                    score = self._encoded_score(X_val, t_val, w_val)
                     self.validation_scores_.append(score)
+                    progress.message(f"Validation score: {score:f}")
                     if score > self.best_validation_score_:
                         self.best_validation_score_ = score
                         if early:
                             self._best_params = [a.copy() for a in self.coefs_ + self.intercepts_]
+                if diverged:  # early stopping keeps the best (finite) weights seen
+                    break
                 if not early:
                     self.best_loss_ = loss if self.best_loss_ is None else min(self.best_loss_, loss)
-                progress.update(self.n_iter_, loss, score, speed)
                 stop = stopper.epoch_end(-score if early else loss)
                 self._no_improvement_count = stopper.no_improvement_count
                 if stop:
                     progress.message(
                         f"{'Validation score' if early else 'Training loss'} did not improve "
-                        f"more than tol={self.tol} for {self.n_iter_no_change} consecutive "
+                        f"more than tol={self.tol:f} for {self.n_iter_no_change} consecutive "
+                        "epochs. Learning rate too small. Stopping."
+                        if self.learning_rate == "adaptive" and self.solver == "sgd" else
+                        f"{'Validation score' if early else 'Training loss'} did not improve "
+                        f"more than tol={self.tol:f} for {self.n_iter_no_change} consecutive "
                         "epochs. Stopping.")
                 logs = {"epoch": self.n_iter_, "loss": loss, "validation_score": score,
                         "learning_rate": trainer.optimizer.lr, "samples_per_second": speed}
@@ -277,12 +407,89 @@ class _BaseMLP(BaseEstimator):
             # as scikit-learn: keep what was trained so far (every compiled
             # step is whole by the time Python sees the signal)
             warnings.warn("Training interrupted by user.")
-        finally:
-            progress.close()
         if early and hasattr(self, "_best_params"):
             for a, best_a in zip(self.coefs_ + self.intercepts_, self._best_params):
                 np.copyto(a, best_a)
             del self._best_params
+
+    def _fit_lbfgs(self, trainer, X, target, sample_weight):
+        """scipy's L-BFGS-B on the full-batch objective (_LbfgsObjective),
+        with scikit-learn's meaning of max_iter (iterations), max_fun
+        (function evaluations) and tol (the projected-gradient tolerance)."""
+        import scipy.optimize
+        objective = _LbfgsObjective(trainer.network, trainer.loss, X, target, sample_weight,
+                                    self.alpha)
+        progress = _Progress(self.verbose)
+        iteration = [0]
+
+        def each_iteration(intermediate_result):
+            iteration[0] += 1
+            loss = self._lbfgs_loss(objective)
+            progress.iteration(iteration[0], loss)
+            logs = {"epoch": iteration[0], "loss": loss, "validation_score": None,
+                    "learning_rate": None, "samples_per_second": None}
+            if any([bool(cb(self, logs)) for cb in self.callbacks or ()]):
+                raise StopIteration
+
+        theta = objective.pack()
+        status, message = 0, ""
+        try:
+            with warnings.catch_warnings():
+                # an overflow in the objective shows as a non-finite loss instead
+                warnings.simplefilter("ignore", RuntimeWarning)
+                result = scipy.optimize.minimize(
+                    objective, theta, method="L-BFGS-B", jac=True, callback=each_iteration,
+                    options={"maxfun": self.max_fun, "maxiter": self.max_iter,
+                             "gtol": self.tol})
+            theta, n_iter, status, message = result.x, result.nit, result.status, result.message
+        except KeyboardInterrupt:  # keep the last parameters evaluated
+            warnings.warn("Training interrupted by user.")
+            theta, n_iter = None, iteration[0]
+        if theta is not None:
+            objective(theta)  # the parameters (and loss_) of the solution
+        if status not in (0, 99):  # 99: a callback asked to stop
+            warnings.warn(f"lbfgs failed to converge after {n_iter} iteration(s) "
+                          f"(status={status}): {message}. Increase the number of iterations "
+                          f"(max_iter={self.max_iter}) or max_fun (max_fun={self.max_fun}), "
+                          "or scale the data.", ConvergenceWarning)
+        self.n_iter_ = min(n_iter, self.max_iter)
+        self.loss_ = self._lbfgs_loss(objective)
+
+    @property
+    def _optimizer(self):
+        """What scikit-learn code reads of its optimiser: ``learning_rate``,
+        the current rate of the stochastic solver."""
+        trainer = self.__dict__.get("_trainer")
+        if trainer is None or trainer.optimizer is None:
+            raise AttributeError(f"{type(self).__name__} has no stochastic optimizer yet")
+        return types.SimpleNamespace(learning_rate=trainer.optimizer.lr)
+
+    def _lbfgs_loss(self, objective):
+        """The reported loss of the last evaluation (scikit-learn's convention:
+        the squared error averaged over outputs)."""
+        return objective.data_loss / self._loss_outputs() + objective.penalty
+
+    def _loss_grad_lbfgs(self, packed_coef_inter, X, y, sample_weight, activations, deltas,
+                         coef_grads, intercept_grads):
+        """scikit-learn's private entry point: the objective and its packed
+        gradient at ``packed_coef_inter`` on (X, y) as scikit-learn passes
+        them (y binarised for classifiers), in X's dtype.  The scratch lists
+        are scikit-learn's and are not needed here."""
+        _check_fitted(self)
+        X = np.asarray(X)
+        dtype = X.dtype if X.dtype in (np.float32, np.float64) else np.dtype(np.float64)
+        act, last = _ACTIVATIONS[self.activation], len(self.coefs_) - 1
+        network = nn.Sequential(*[
+            nn.Dense(W.shape[0], W.shape[1], "identity" if i == last else act,
+                     alpha=_LEAKY_SLOPE, dtype=dtype, init="zeros")
+            for i, W in enumerate(self.coefs_)])
+        y = np.asarray(y)
+        target = (y.astype(np.int64) if isinstance(self._make_loss(), nn.SoftmaxCrossEntropy)
+                  and y.ndim == 1 else y.astype(dtype).reshape(len(y), -1))
+        objective = _LbfgsObjective(network, self._make_loss(), X.astype(dtype, copy=False),
+                                    target, sample_weight, self.alpha)
+        value, grad = objective(np.asarray(packed_coef_inter, np.float64))
+        return value, grad.copy()
 
     def _loss_outputs(self):
         return 1
@@ -369,6 +576,8 @@ class _Trainer:
             dense.bias.data[...] = b
             layers.append(dense)
             if i < last and est.dropout > 0:
+                if isinstance(rng, np.random.RandomState):  # Dropout draws from a Generator
+                    rng = np.random.default_rng(rng.randint(2**31 - 1))
                 layers.append(nn.Dropout(est.dropout, rng=rng))
         self.network = nn.Sequential(*layers)
         dense_layers = [layer for layer in layers if isinstance(layer, nn.Dense)]
@@ -377,7 +586,9 @@ class _Trainer:
         est.intercepts_ = [layer.bias.data for layer in dense_layers]
         self.loss = est._make_loss()
         params = self.network.parameters()
-        if est.solver == "sgd":
+        if est.solver == "lbfgs":   # the objective is evaluated, no optimiser steps
+            self.optimizer = None
+        elif est.solver == "sgd":
             self.optimizer = optim.SGD(params, lr=est.learning_rate_init, momentum=est.momentum,
                                        nesterov=est.nesterovs_momentum)
         else:
@@ -392,6 +603,6 @@ class _Trainer:
 
     def matches(self, est, dtype):
         """Still bound to the estimator's arrays (not replaced since)?"""
-        return (all(a is b for a, b in zip(est.coefs_, self.network.parameters()[::2]))
+        return (all(a is p.data for a, p in zip(est.coefs_, self.network.parameters()[::2]))
                 and est.coefs_[0].dtype == dtype
                 and getattr(self.optimizer, "comm", None) is est.comm)

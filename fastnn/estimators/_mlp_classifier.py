@@ -6,7 +6,7 @@ from .. import functional as F
 from .. import nn
 from ._base import (check_classification_targets, ClassifierMixin, _check_dtype, _sigmoid,
                     _SKLEARN, _threads, _two_columns)
-from ._mlp import _BaseMLP
+from ._mlp import _BaseMLP, _stochastic_only
 from ._state import _classes_from_state, _classes_state
 
 
@@ -49,11 +49,12 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
                  callbacks=None, comm=None):
         self._store_params(locals())
 
-    def partial_fit(self, X, y, classes=None):
+    @_stochastic_only
+    def partial_fit(self, X, y, sample_weight=None, classes=None):
         """One epoch over (X, y).  ``classes`` (all labels) is required on the
         first call and may be omitted afterwards."""
         with _threads(self.n_threads):
-            return self._fit(X, y, incremental=True, classes=classes)
+            return self._fit(X, y, sample_weight, incremental=True, classes=classes)
 
     def _encode_y(self, y, first, incremental, classes):
         """Training targets: int64 class indices (softmax), float 0/1
@@ -131,14 +132,25 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
         # argmax of the probabilities, so predict agrees with predict_proba on ties
         return np.argmax(F.softmax(logits), axis=1)
 
-    def _encoded_score(self, X, target):
+    def _strata(self, target):
+        """What the validation split stratifies on: scikit-learn's binarised
+        labels for single-output y, nothing for multilabel y."""
+        if self._multilabel:
+            return None
+        if self._binary:
+            return target.reshape(-1, 1).astype(bool)
+        return np.eye(len(self.classes_), dtype=bool)[target]
+
+    def _encoded_score(self, X, target, sample_weight=None):
         logits = self._forward(X)
         if not np.isfinite(logits).all():
             return float("nan")
         pred = self._encoded_predict(logits)
         if self._multilabel:
-            return float(np.mean(np.all(pred == target, axis=1)))
-        return float(np.mean(pred == target.astype(np.int64)))
+            correct = np.all(pred == target, axis=1)
+        else:
+            correct = pred == target.astype(np.int64)
+        return float(np.average(correct, weights=sample_weight))
 
     def predict(self, X):
         """Predicted class labels (an indicator matrix for multilabel y)."""

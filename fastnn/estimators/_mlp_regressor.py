@@ -4,7 +4,7 @@ import numpy as np
 
 from .. import nn
 from ._base import RegressorMixin, _check_dtype, _r2_score, _threads
-from ._mlp import _BaseMLP
+from ._mlp import _BaseMLP, _stochastic_only
 
 
 class MLPRegressor(RegressorMixin, _BaseMLP):
@@ -36,10 +36,11 @@ class MLPRegressor(RegressorMixin, _BaseMLP):
                              f"{self.loss!r}), got {self.loss!r}")
         return super()._check_params(incremental)
 
-    def partial_fit(self, X, y):
+    @_stochastic_only
+    def partial_fit(self, X, y, sample_weight=None):
         """One epoch over (X, y)."""
         with _threads(self.n_threads):
-            return self._fit(X, y, incremental=True)
+            return self._fit(X, y, sample_weight, incremental=True)
 
     def _encode_y(self, y, first, incremental, classes):
         y = np.asarray(y, dtype=_check_dtype(self.dtype))
@@ -58,11 +59,11 @@ class MLPRegressor(RegressorMixin, _BaseMLP):
     def _loss_outputs(self):
         return self.n_outputs_  # scikit-learn averages the squared error over outputs
 
-    def _encoded_score(self, X, target):
+    def _encoded_score(self, X, target, sample_weight=None):
         pred = self._forward(X)
         if not np.isfinite(pred).all():
             return float("nan")
-        return _r2_score(target.astype(np.float64), pred)
+        return _r2_score(target.astype(np.float64), pred, sample_weight)
 
     def predict(self, X):
         """Predicted values, shape (n_samples,) or (n_samples, n_outputs)."""
