@@ -313,7 +313,7 @@ def _as_batch_source(X, y, sample_weight, dtype, loss):
 
 
 def fit(model, loss, optimizer, X, y, *, epochs, batch_size, comm, shuffle=True, rng=None,
-        sample_weight=None, callbacks=None, sharded=False):
+        sample_weight=None, callbacks=None, sharded=False, order=None):
     """``nn.fit`` over the ranks of ``comm``; call it on every rank with the
     same arguments (and, with ``sharded=True``, each rank's own X, y).
 
@@ -321,7 +321,8 @@ def fit(model, loss, optimizer, X, y, *, epochs, batch_size, comm, shuffle=True,
     parameters are broadcast from rank 0 first and ``rng`` is synchronised
     from rank 0.  Returns the epoch losses, the same on every rank (the global
     weighted mean, as ``nn.fit``); callbacks get the global batch sizes in
-    ``batch_end`` and the global loss in ``epoch_end``.
+    ``batch_end`` and the global loss in ``epoch_end``.  ``order``: as
+    ``nn.fit``'s, over this rank's rows.
     """
     if not isinstance(optimizer, DistributedOptimizer) or optimizer.comm is not comm:
         raise TypeError("optimizer must be a fastnn.distributed.DistributedOptimizer on comm")
@@ -353,7 +354,7 @@ def fit(model, loss, optimizer, X, y, *, epochs, batch_size, comm, shuffle=True,
     largest = (math.ceil(batch_size / size) if not sharded
                else math.ceil(n_local / n_steps) if n_local else 0)
     gather = nn._BatchGather(X, y, sample_weight, largest)
-    order = np.arange(n_local)
+    order = nn._sample_order(order, n_local)
     sums = np.empty(2, np.float64)  # loss·weight and weight of the epoch on this rank
     if sharded:  # step s takes shard_range(n_r, rank=s, size=n_steps) of each rank r
         base, extra = np.divmod(counts, n_steps)

@@ -846,6 +846,15 @@ class _Callbacks:
         return stop_requested
 
 
+def _sample_order(order, n):
+    if order is None:
+        return np.arange(n)
+    if (not isinstance(order, np.ndarray) or order.dtype != np.int64 or order.shape != (n,)
+            or not order.flags.writeable):
+        raise ValueError(f"order must be a writeable int64 array of shape ({n},)")
+    return order
+
+
 @contextlib.contextmanager
 def _training_mode(model):
     """The model in training mode, its previous mode restored afterwards."""
@@ -858,7 +867,7 @@ def _training_mode(model):
 
 
 def fit(model, loss, optimizer, X, y, *, epochs, batch_size, shuffle=True, rng=None,
-        sample_weight=None, callbacks=None):
+        sample_weight=None, callbacks=None, order=None):
     """Minibatch training; returns the list of epoch losses.
 
     Each epoch visits every sample once, in an order shuffled by ``rng``
@@ -874,6 +883,11 @@ def fit(model, loss, optimizer, X, y, *, epochs, batch_size, shuffle=True, rng=N
     ``fastnn.optim``, or callables ``f(epoch, loss)``.  Training stops after
     an epoch for which any callback returns True.  The model is put in
     training mode and its previous mode restored at the end.
+
+    ``order``: None, or an int64 array holding a permutation of range(n),
+    the sample order, shuffled in place at each epoch: passing the same
+    array to every call continues one sequence of shuffles across calls
+    (as scikit-learn's epochs do), where None starts from range(n).
     """
     epochs = _check_size(epochs, "epochs")
     batch_size = _check_size(batch_size, "batch_size")
@@ -900,7 +914,7 @@ def fit(model, loss, optimizer, X, y, *, epochs, batch_size, shuffle=True, rng=N
         rng = _init.as_generator(rng)
     batch_size = min(batch_size, n)
 
-    order = np.arange(n)
+    order = _sample_order(order, n)
     gather = _BatchGather(X, y, sample_weight, batch_size) if shuffle else None
 
     history = []

@@ -198,6 +198,170 @@ def test_mlp_training_matches_sklearn_from_same_start(kind, solver):
     np.testing.assert_allclose(model.loss_curve_[1:], ref.loss_curve_, rtol=1e-6)
 
 
+@pytest.mark.parametrize("solver", ["sgd", "adam"])
+@pytest.mark.parametrize("kind", ["regressor", "classifier"])
+def test_same_seed_trains_scikit_learns_model(kind, solver):
+    """None/int/RandomState seeds draw what scikit-learn draws, in its order
+    (initial weights, the epochs' shuffles, the early-stopping split): in
+    float64 a fit from the same seed is scikit-learn's fit."""
+    _sklearn()
+    from sklearn import neural_network
+    rng = np.random.default_rng(2)
+    X = rng.normal(size=(120, 5))
+    if kind == "regressor":
+        y = X[:, 0] * X[:, 1] + np.sin(X[:, 2])
+        ours, theirs = MLPRegressor, neural_network.MLPRegressor
+    else:
+        y = (X[:, 0] > 0) + (X[:, 1] > 0.5)
+        ours, theirs = MLPClassifier, neural_network.MLPClassifier
+    params = dict(hidden_layer_sizes=(9,), solver=solver, batch_size=32, max_iter=8,
+                  learning_rate_init=0.01, early_stopping=True, n_iter_no_change=50)
+    for seed in (7, np.random.RandomState(7)):
+        ref = theirs(**params, random_state=seed if isinstance(seed, int) else
+                     np.random.RandomState(7)).fit(X, y)
+        model = ours(**params, random_state=seed, dtype=None, n_threads=1).fit(X, y)
+        for mine, expected in zip(model.coefs_ + model.intercepts_,
+                                  ref.coefs_ + ref.intercepts_):
+            np.testing.assert_allclose(mine, expected, rtol=1e-9, atol=1e-12)
+        np.testing.assert_allclose(model.loss_curve_, ref.loss_curve_, rtol=1e-9)
+        np.testing.assert_allclose(model.validation_scores_, ref.validation_scores_)
+
+
+@pytest.mark.parametrize("kind", ["regressor", "classifier"])
+def test_lbfgs_matches_scikit_learn(kind):
+    """The same objective, gradient and start as scikit-learn's lbfgs: in
+    float64 the same iterates (scipy's L-BFGS-B in both)."""
+    _sklearn()
+    from sklearn import neural_network
+    rng = np.random.default_rng(3)
+    X = rng.normal(size=(80, 4))
+    if kind == "regressor":
+        y = np.column_stack([np.tanh(X[:, 0] - X[:, 1]), X[:, 2] ** 2])
+        ours, theirs = MLPRegressor, neural_network.MLPRegressor
+    else:
+        y = (X[:, 0] > 0) + (X[:, 1] > 0.5)
+        ours, theirs = MLPClassifier, neural_network.MLPClassifier
+    params = dict(hidden_layer_sizes=(6,), solver="lbfgs", alpha=0.1, max_iter=15,
+                  activation="tanh", random_state=4)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ref = theirs(**params).fit(X, y)
+    with pytest.warns(fastnn.estimators.ConvergenceWarning, match="lbfgs failed to converge"):
+        model = ours(**params, dtype=None, n_threads=1).fit(X, y)
+    assert model.n_iter_ == ref.n_iter_ == 15
+    for mine, expected in zip(model.coefs_ + model.intercepts_, ref.coefs_ + ref.intercepts_):
+        np.testing.assert_allclose(mine, expected, rtol=1e-6, atol=1e-8)
+    np.testing.assert_allclose(model.loss_, ref.loss_, rtol=1e-9)
+    assert not hasattr(model, "loss_curve_") and not hasattr(model, "partial_fit")
+    # max_fun caps the evaluations
+    with pytest.warns(fastnn.estimators.ConvergenceWarning):
+        few = ours(**{**params, "max_fun": 5}, n_threads=1).fit(X, y)
+    assert few.n_iter_ <= 5
+
+
+def test_lbfgs_callbacks_stop_and_ctrl_c_keeps_the_model():
+    X, y = _blobs()
+    seen = []
+    model = MLPClassifier(hidden_layer_sizes=(8,), solver="lbfgs", max_iter=100, random_state=0,
+                          callbacks=[lambda est, logs: seen.append(logs["loss"]) or
+                                     len(seen) == 4], n_threads=1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", fastnn.estimators.ConvergenceWarning)
+        model.fit(X, y)  # a callback's stop is no convergence failure
+    assert model.n_iter_ == 4 and len(seen) == 4 and seen[-1] < seen[0]
+
+    def interrupt(est, logs):
+        if logs["epoch"] == 3:
+            raise KeyboardInterrupt
+    model = MLPClassifier(hidden_layer_sizes=(8,), solver="lbfgs", max_iter=100, random_state=0,
+                          callbacks=[interrupt], n_threads=1)
+    with pytest.warns(UserWarning, match="interrupted"):
+        model.fit(X, y)
+    assert model.score(X, y) > 0.5 and np.isfinite(model.loss_)
+
+
+def test_lbfgs_on_digits_reaches_scikit_learns_accuracy():
+    _sklearn()
+    from sklearn import neural_network
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
+    X, y = load_digits(return_X_y=True)
+    X_tr, X_te, y_tr, y_te = train_test_split(X / 16.0, y, test_size=0.25, random_state=0,
+                                              stratify=y)
+    params = dict(hidden_layer_sizes=(64,), solver="lbfgs", alpha=1e-3, max_iter=200,
+                  random_state=0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ref = neural_network.MLPClassifier(**params).fit(X_tr, y_tr).score(X_te, y_te)
+        ours = MLPClassifier(**params, n_threads=1).fit(X_tr, y_tr).score(X_te, y_te)
+    assert ours >= ref - 0.01, (ours, ref)
+
+
+@pytest.mark.parametrize("cls", [MLPClassifier, MLPRegressor])
+def test_dtype_none_follows_X(cls):
+    X, y = _blobs(n=60)
+    for X_dtype, expected in ((np.float64, np.float64), (np.float32, np.float32),
+                              (np.int64, np.float64)):
+        model = cls(hidden_layer_sizes=(5, 3), max_iter=3, dtype=None, n_threads=1)
+        model.fit(X.astype(X_dtype), y)
+        assert all(a.dtype == expected for a in model.coefs_ + model.intercepts_)
+        if cls is MLPRegressor:
+            assert model.predict(X).dtype == expected
+        # a later partial_fit keeps the fitted dtype whatever X's
+        if hasattr(model, "partial_fit"):
+            model.partial_fit(X.astype(np.float32), y)
+            assert model.coefs_[0].dtype == expected
+    default = cls(hidden_layer_sizes=(5,), max_iter=2, n_threads=1).fit(X, y)
+    assert default.coefs_[0].dtype == np.float32  # fastnn's documented default
+
+
+@pytest.mark.parametrize("cls", [MLPClassifier, MLPRegressor, LogisticRegression])
+def test_sample_weight(cls):
+    X, y = _blobs(n=90)
+    kw = {} if cls is LogisticRegression else dict(hidden_layer_sizes=(6,), max_iter=20,
+                                                   random_state=0, n_threads=1)
+    w = np.random.default_rng(0).uniform(0.2, 3.0, len(X))
+    plain = cls(**kw).fit(X, y)
+    ones = cls(**kw).fit(X, y, sample_weight=np.ones(len(X)))
+    weighted = cls(**kw).fit(X, y, sample_weight=w)
+    scalar = cls(**kw).fit(X, y, sample_weight=2.5)  # a number weighs every sample alike
+    full = cls(**kw).fit(X, y, sample_weight=np.full(len(X), 2.5))
+    np.testing.assert_array_equal(_predictions(ones, X), _predictions(plain, X))
+    np.testing.assert_array_equal(_predictions(scalar, X), _predictions(full, X))
+    assert not np.allclose(_predictions(weighted, X), _predictions(plain, X), atol=1e-4)
+    pred = weighted.predict(X)
+    if cls is MLPRegressor:  # the weighted R²
+        expected = 1 - (np.average((y - pred) ** 2, weights=w)
+                        / np.average((y - np.average(y, weights=w)) ** 2, weights=w))
+    else:
+        expected = np.average(pred == y, weights=w)
+    assert np.isclose(weighted.score(X, y, sample_weight=w), expected)
+    for bad, match in ((-w, "Negative"), (w[:-1], "shape"), (np.full(len(X), np.nan), "NaN"),
+                       (np.zeros(len(X)), "zero"), (np.array(["a"] * len(X)), "real")):
+        with pytest.raises(ValueError, match=match):
+            cls(**kw).fit(X, y, sample_weight=bad)
+
+
+def _predictions(model, X):
+    return model.predict_proba(X) if hasattr(model, "predict_proba") else model.predict(X)
+
+
+def test_zero_weight_batches_are_skipped():
+    """A minibatch whose weights are all zero teaches nothing (and has no
+    mean): the fit equals one without those samples (the same initial
+    weights: they depend on the seed and the shapes only)."""
+    X, y = _blobs(n=100)
+    w = np.ones(len(X))
+    w[:40] = 0.0  # with shuffle=False and batch_size=20: the first two batches
+    params = dict(hidden_layer_sizes=(6,), solver="sgd", batch_size=20, shuffle=False,
+                  max_iter=5, random_state=0, n_threads=1)
+    model = MLPClassifier(**params).fit(X, y, sample_weight=w)
+    ref = MLPClassifier(**params).fit(X[40:], y[40:])
+    assert np.isfinite(model.loss_curve_).all()
+    for a, b in zip(model.coefs_ + model.intercepts_, ref.coefs_ + ref.intercepts_):
+        np.testing.assert_array_equal(a, b)
+
+
 # ---------------------------------------------------------------------------
 # labels, outputs, predictions
 # ---------------------------------------------------------------------------

@@ -286,8 +286,7 @@ class _BaseMLP(BaseEstimator):
         if len(val) < 2:
             raise ValueError("The validation set is too small. Increase 'validation_fraction' "
                              "or the size of your dataset.")
-        train, val = np.sort(train), np.sort(val)
-        w = sample_weight
+        w = sample_weight  # (the training rows stay in the split's order, as scikit-learn's)
         return (X[train], target[train], None if w is None else w[train],
                 X[val], target[val], None if w is None else w[val])
 
@@ -305,7 +304,7 @@ class _BaseMLP(BaseEstimator):
         take = np.minimum(np.round(counts * n_val / n).astype(np.int64), counts - 1)
         starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
         val = np.concatenate([order[s:s + k] for s, k in zip(starts, take)])
-        return np.setdiff1d(perm, val), val
+        return np.setdiff1d(perm, val), np.sort(val)
 
     def _strata(self, target):
         return None
@@ -349,6 +348,7 @@ class _BaseMLP(BaseEstimator):
         stopper.best_loss = math.inf if best is None else best
         progress = _Progress(self.verbose and _dist.is_root(self.comm))
         train = nn.fit if self.comm is None else functools.partial(_dist.fit, comm=self.comm)
+        order = np.arange(n)  # shuffled on from epoch to epoch, as scikit-learn's
         self.n_iter_ = 0  # as scikit-learn: the epochs of this call (1 for partial_fit)
         try:
             for _ in range(self.max_iter):
@@ -356,7 +356,8 @@ class _BaseMLP(BaseEstimator):
                 penalty.start_epoch()
                 data_loss = train(trainer.network, trainer.loss, trainer.optimizer, X, target,
                                   epochs=1, batch_size=batch_size, shuffle=self.shuffle, rng=rng,
-                                  sample_weight=sample_weight, callbacks=callbacks)[0]
+                                  sample_weight=sample_weight, callbacks=callbacks,
+                                  order=order)[0]
                 speed = n / max(time.perf_counter() - start, 1e-12)
                 loss = data_loss / self._loss_outputs() + penalty.epoch_penalty()
                 self.n_iter_ += 1
@@ -523,13 +524,15 @@ class _BaseMLP(BaseEstimator):
         meta = {"params": {k: _encode_param(v) for k, v in self.get_params().items()},
                 "fitted": {k: getattr(self, k) for k in self._scalars},
                 "n_coefs": len(self.coefs_)}
-        arrays = {"loss_curve_": np.asarray(self.loss_curve_, np.float64)}
+        arrays = {}
+        if hasattr(self, "loss_curve_"):  # (not for lbfgs, as scikit-learn)
+            arrays["loss_curve_"] = np.asarray(self.loss_curve_, np.float64)
         for i, (W, b) in enumerate(zip(self.coefs_, self.intercepts_)):
             arrays[f"coef_{i}"], arrays[f"intercept_{i}"] = W, b
         for name in ("best_loss_", "best_validation_score_", "loss_"):
             if getattr(self, name, None) is not None:
                 arrays[name] = np.asarray(getattr(self, name), np.float64)
-        if self.validation_scores_ is not None:
+        if getattr(self, "validation_scores_", None) is not None:
             arrays["validation_scores_"] = np.asarray(self.validation_scores_, np.float64)
         if hasattr(self, "feature_names_in_"):
             arrays["feature_names_in_"] = np.asarray(self.feature_names_in_).astype(str)
@@ -547,11 +550,13 @@ class _BaseMLP(BaseEstimator):
         n = meta["n_coefs"]
         est.coefs_ = [np.array(arrays[f"coef_{i}"]) for i in range(n)]
         est.intercepts_ = [np.array(arrays[f"intercept_{i}"]) for i in range(n)]
-        est.loss_curve_ = [float(v) for v in arrays["loss_curve_"]]
-        for name in ("best_loss_", "best_validation_score_", "loss_"):
-            setattr(est, name, float(arrays[name]) if name in arrays else None)
-        est.validation_scores_ = ([float(v) for v in arrays["validation_scores_"]]
-                                  if "validation_scores_" in arrays else None)
+        if "loss_curve_" in arrays:
+            est.loss_curve_ = [float(v) for v in arrays["loss_curve_"]]
+            est.validation_scores_ = ([float(v) for v in arrays["validation_scores_"]]
+                                      if "validation_scores_" in arrays else None)
+            for name in ("best_loss_", "best_validation_score_"):
+                setattr(est, name, float(arrays[name]) if name in arrays else None)
+        est.loss_ = float(arrays["loss_"]) if "loss_" in arrays else None
         if "feature_names_in_" in arrays:
             est.feature_names_in_ = np.asarray(arrays["feature_names_in_"]).astype(object)
         est._no_improvement_count = 0
