@@ -19,7 +19,7 @@ from fastnn import cli
 from fastnn.bench import WORKLOADS
 from fastnn.bench import workloads as W
 
-SMALL = ["bench", "--smoke", "--threads", "1", "--workloads", "softmax_xent",
+SMALL = ["bench", "--smoke", "--threads", "1", "--workloads", "softmax_xent", "--no-fits",
          "--no-ceilings", "--no-scaling", "--no-chart"]
 
 

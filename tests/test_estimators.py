@@ -629,7 +629,9 @@ def test_state_round_trip_is_bit_identical(labels):
                             callbacks=[lambda e, l: None], early_stopping=True),
               LogisticRegression(max_iter=20),
               MLPRegressor(hidden_layer_sizes=(8,), max_iter=5, random_state=0, n_threads=1,
-                           dtype=np.float64)]
+                           dtype=np.float64),
+              MLPClassifier(hidden_layer_sizes=(6,), solver="lbfgs", max_iter=5, dtype=None,
+                            random_state=0, n_threads=1)]
     for model in models:
         target = X[:, 0] if isinstance(model, MLPRegressor) else y
         model.fit(X, target)
@@ -641,7 +643,10 @@ def test_state_round_trip_is_bit_identical(labels):
         params = model.get_params()
         params.pop("callbacks", None)
         assert {k: v for k, v in loaded.get_params().items() if k != "callbacks"} == params
-        if isinstance(model, MLPClassifier):
+        if isinstance(model, MLPClassifier) and model.solver == "lbfgs":
+            assert not hasattr(loaded, "loss_curve_") and loaded.loss_ == model.loss_
+            assert loaded.coefs_[0].dtype == np.float64 and loaded.dtype is None
+        elif isinstance(model, MLPClassifier):
             assert loaded.loss_curve_ == model.loss_curve_
             assert loaded.validation_scores_ == model.validation_scores_
             loaded.set_params(early_stopping=False).partial_fit(X, target)  # keeps training

@@ -1,11 +1,15 @@
 """``python -m fastnn bench``: fastnn against its peers on the standard workloads.
 
     python -m fastnn bench [--quick] [--threads 1,2] [--workloads softmax_xent,dense,...]
-                           [--repeats N] [--output report.md] [--chart fastnn-bench.png]
+                           [--fits mlp_lbfgs,mlp_sparse | --no-fits] [--repeats N]
+                           [--output report.md] [--chart fastnn-bench.png]
 
 Runs the workloads of WORKLOADS.md (``softmax_xent``, ``dense``,
 ``mlp_epoch``, ``logreg_gd``) with fastnn, its NumPy reference, PyTorch and
 scikit-learn (optional peers, skipped with the reason when not installed),
+whole estimator fits against scikit-learn's (``mlp_lbfgs``: lbfgs on
+digits; ``mlp_sparse``: a sparse TF-IDF-like matrix; see
+:mod:`fastnn.bench.fits`),
 measures the machine's ceilings (sgemm through the BLAS fastnn calls, memory
 bandwidth) and prints Markdown tables: times, peer/fastnn ratios (> 1: fastnn
 is faster), the share of the sgemm ceiling or of the memory floor, scaling
@@ -33,6 +37,8 @@ DESCRIPTION = ("Time fastnn, its NumPy reference, PyTorch and scikit-learn (when
 
 # the workloads of WORKLOADS.md, in report order (the keys of workloads.SHAPES)
 WORKLOADS = ("softmax_xent", "dense", "mlp_epoch", "logreg_gd")
+# whole estimator fits against scikit-learn (fastnn.bench.fits)
+FITS = ("mlp_lbfgs", "mlp_sparse")
 
 
 def _thread_list(text):
@@ -46,13 +52,18 @@ def _thread_list(text):
     return threads
 
 
-def _workload_list(text):
-    names = [w.strip() for w in text.split(",") if w.strip()]
-    unknown = sorted(set(names) - set(WORKLOADS))
-    if not names or unknown:
-        raise argparse.ArgumentTypeError(
-            f"unknown workloads {unknown or text!r}; choose from {', '.join(WORKLOADS)}")
-    return [w for w in WORKLOADS if w in names]
+def _names(choices):
+    def parse(text):
+        names = [w.strip() for w in text.split(",") if w.strip()]
+        unknown = sorted(set(names) - set(choices))
+        if not names or unknown:
+            raise argparse.ArgumentTypeError(
+                f"unknown names {unknown or text!r}; choose from {', '.join(choices)}")
+        return [w for w in choices if w in names]
+    return parse
+
+
+_workload_list = _names(WORKLOADS)
 
 
 def _positive_int(text):
@@ -75,6 +86,11 @@ def add_arguments(parser):
                         help="comma-separated thread counts (default: 1 and all usable cores)")
     parser.add_argument("--workloads", type=_workload_list, default=list(WORKLOADS),
                         metavar="LIST", help=f"comma-separated subset of {', '.join(WORKLOADS)}")
+    parser.add_argument("--fits", type=_names(FITS), default=list(FITS), metavar="LIST",
+                        help=f"estimator fits against scikit-learn, a subset of "
+                             f"{', '.join(FITS)} (default: both)")
+    parser.add_argument("--no-fits", action="store_true",
+                        help="skip the estimator fits against scikit-learn")
     parser.add_argument("--repeats", type=_positive_int, default=None, metavar="N",
                         help="timed repeats per peer, the median is reported "
                              "(default 7, --quick 3)")

@@ -668,6 +668,11 @@ def run(args):
     if not args.no_scaling:
         problems += scaling_section(out, args.workloads, all_results, ceilings, thread_list,
                                     profile, repeats)
+    if not args.no_fits:
+        from . import fits
+        problems += fits.section(out, args.fits, profile.name,
+                                 args.repeats or (3 if profile.name == "full" else 1),
+                                 thread_list[-1])
     if len(thread_list) > 1:
         out(f"\n## Thread scaling: time at {thread_list[0]} thread(s) / time at "
             f"{thread_list[-1]} threads\n")

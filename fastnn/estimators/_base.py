@@ -6,6 +6,7 @@ import numbers
 import sys
 
 import numpy as np
+import scipy.sparse
 
 from .. import functional as F
 from .. import init as _init
@@ -105,12 +106,25 @@ def _r2_score(y, pred, sample_weight=None):
     return float(scores.mean())
 
 
+def _check_sparse_own(X, name):
+    """The checks of _check_X_own for a scipy.sparse X; returns CSR, float."""
+    X = X.tocsr()
+    if X.ndim != 2 or X.shape[0] == 0 or X.shape[1] == 0:
+        raise ValueError(f"{name} is empty: shape {X.shape} (at least 1 sample and 1 "
+                         f"feature are required)")
+    if X.dtype.kind not in "f":
+        X = X.astype(np.float64)
+    if not np.isfinite(X.data).all():
+        raise ValueError(f"Input {name} contains NaN or infinity.")
+    return X
+
+
 def _check_X_own(X, name="X"):
     """Own version of the checks scikit-learn's check_array makes."""
     if X is None:
         raise ValueError(f"{name} must be an array of numbers, got None")
-    if hasattr(X, "toarray") or type(X).__module__.startswith("scipy.sparse"):
-        raise TypeError(f"sparse {name} is not supported; convert it with {name}.toarray()")
+    if scipy.sparse.issparse(X):
+        return _check_sparse_own(X, name)
     X = np.asarray(X)
     if X.dtype.kind == "c":
         raise ValueError(f"complex data is not supported in {name}")
@@ -137,17 +151,18 @@ def _check_X_own(X, name="X"):
 
 def _validate(est, X, y=None, *, reset, y_kind=None):
     """Validate X (and y when y_kind is "class", "numeric") and track
-    n_features_in_ (set when ``reset``, checked otherwise)."""
+    n_features_in_ (set when ``reset``, checked otherwise).  X: a float32 or
+    float64 array, or a scipy.sparse matrix/array, returned as CSR."""
     if y_kind is not None and y is None:
         raise ValueError(f"{type(est).__name__} requires y to be passed, but the target y is None.")
     if _SKLEARN:
+        kw = dict(reset=reset, dtype=(np.float64, np.float32), accept_sparse=("csr", "csc"))
         if y_kind is None:
-            return validate_data(est, X, reset=reset, dtype=(np.float64, np.float32)), None
-        X, y = validate_data(est, X, y, reset=reset, dtype=(np.float64, np.float32),
-                             multi_output=True, y_numeric=y_kind == "numeric")
+            return _as_csr(validate_data(est, X, **kw)), None
+        X, y = validate_data(est, X, y, multi_output=True, y_numeric=y_kind == "numeric", **kw)
         if y.ndim == 2 and y.shape[1] == 1:
             y = column_or_1d(y, warn=True)
-        return X, y
+        return _as_csr(X), y
     X = _check_X_own(X)
     if reset:
         est.n_features_in_ = X.shape[1]
@@ -189,6 +204,11 @@ def _check_sample_weight(sample_weight, n, dtype):
     if not w.any():
         raise ValueError("sample_weight must not be all zero")
     return w
+
+
+def _as_csr(X):
+    """Sparse X as CSR (the compiled first layer's format), dense X as is."""
+    return X.tocsr() if scipy.sparse.issparse(X) else X
 
 
 def _check_fitted(est):

@@ -4,6 +4,7 @@ import math
 import warnings
 
 import numpy as np
+import scipy.sparse
 
 from .._checks import check_real
 from .. import functional as F
@@ -11,7 +12,7 @@ from .. import distributed as _dist
 from .. import nn, optim
 from ._base import (BaseEstimator, check_classification_targets, ClassifierMixin,
                     ConvergenceWarning, _ALWAYS_STOP, _check_dtype, _check_fitted,
-                    _check_sample_weight, _is_int,
+                    _check_sample_weight, _is_int, _SKLEARN,
                     _Progress, _rng_from, _sigmoid, _threads, _two_columns, _validate)
 from ._state import _classes_from_state, _classes_state, _decode_param, _encode_param
 
@@ -91,7 +92,8 @@ class LogisticRegression(ClassifierMixin, BaseEstimator):
             if len(self.classes_) < 2:
                 raise ValueError(f"LogisticRegression needs samples of at least 2 classes, got "
                                  f"1 class: {self.classes_[0]!r}")
-            X = np.ascontiguousarray(X, dtype=dtype)
+            X = (X.astype(dtype) if scipy.sparse.issparse(X)
+                 else np.ascontiguousarray(X, dtype=dtype))
             n, d = X.shape
             sw = None if sample_weight is None else _check_sample_weight(sample_weight, n, dtype)
             total = n if sw is None else float(np.sum(sw, dtype=np.float64))
@@ -115,6 +117,14 @@ class LogisticRegression(ClassifierMixin, BaseEstimator):
         local = X.shape[0] if sw is None else float(np.sum(sw, dtype=np.float64))
         if local == 0:  # more ranks than samples, or only zero weights here
             loss, gW, gb = 0.0, np.zeros_like(W), np.zeros_like(b)
+        elif scipy.sparse.issparse(X):  # the compiled sparse product, both ways
+            Z = F.sparse_dense_forward(X, W, b)
+            if W.shape[1] == 1:
+                loss, G = F.binary_cross_entropy_with_logits(Z, target.reshape(-1, 1),
+                                                             sample_weight=sw)
+            else:
+                loss, G = F.softmax_cross_entropy(Z, target, sample_weight=sw)
+            gW, gb = F.sparse_dense_backward(X, W, Z, G, overwrite_grad_out=True)
         elif W.shape[1] == 1:
             loss, gw, gb = F.logistic_loss_grad(X, W[:, 0], float(b[0]), target, sample_weight=sw)
             gW, gb = gw.reshape(-1, 1), np.array([gb], X.dtype)
@@ -236,7 +246,8 @@ class LogisticRegression(ClassifierMixin, BaseEstimator):
         _check_fitted(self)
         with _threads(self.n_threads):
             X, _ = _validate(self, X, reset=False)
-            Z = F.dense_forward(X, self.coef_.T, self.intercept_)
+            forward = F.sparse_dense_forward if scipy.sparse.issparse(X) else F.dense_forward
+            Z = forward(X, np.ascontiguousarray(self.coef_.T), self.intercept_)
         return Z[:, 0] if Z.shape[1] == 1 else Z
 
     def predict_proba(self, X):
@@ -253,6 +264,12 @@ class LogisticRegression(ClassifierMixin, BaseEstimator):
         Z = self.decision_function(X)
         idx = (Z > 0).astype(np.int64) if Z.ndim == 1 else np.argmax(F.softmax(Z), axis=1)
         return self.classes_[idx]
+
+    if _SKLEARN:
+        def __sklearn_tags__(self):
+            tags = super().__sklearn_tags__()
+            tags.input_tags.sparse = True
+            return tags
 
     # -- saving ----------------------------------------------------------------------
     def save(self, path):
@@ -286,5 +303,8 @@ class LogisticRegression(ClassifierMixin, BaseEstimator):
 
 def _mean_square_norm(X, sw):
     """The (weighted) mean of the rows' squared norms."""
-    sq = np.einsum("ij,ij->i", X, X, dtype=np.float64)
+    if scipy.sparse.issparse(X):
+        sq = np.asarray(X.multiply(X).sum(axis=1), np.float64).ravel()
+    else:
+        sq = np.einsum("ij,ij->i", X, X, dtype=np.float64)
     return float(np.average(sq, weights=sw))

@@ -9,6 +9,7 @@ import types
 import warnings
 
 import numpy as np
+import scipy.sparse
 
 from .._checks import check_real
 from .. import functional as F
@@ -497,12 +498,14 @@ class _BaseMLP(BaseEstimator):
 
     # -- prediction ------------------------------------------------------------
     def _forward(self, X):
-        """Output-layer values (logits for classifiers) for validated X."""
+        """Output-layer values (logits for classifiers) for validated X
+        (dense, or CSR: then the first layer runs the sparse product)."""
         act = _ACTIVATIONS[self.activation]
         A = X
         last = len(self.coefs_) - 1
         for i, (W, b) in enumerate(zip(self.coefs_, self.intercepts_)):
-            A = F.dense_forward(A, W, b, "identity" if i == last else act, alpha=_LEAKY_SLOPE)
+            layer = F.sparse_dense_forward if scipy.sparse.issparse(A) else F.dense_forward
+            A = layer(A, W, b, "identity" if i == last else act, alpha=_LEAKY_SLOPE)
         return A
 
     def _raw_output(self, X):
@@ -510,6 +513,12 @@ class _BaseMLP(BaseEstimator):
         with _threads(self.n_threads):
             X, _ = _validate(self, X, reset=False)
             return self._forward(X)
+
+    if _SKLEARN:
+        def __sklearn_tags__(self):
+            tags = super().__sklearn_tags__()
+            tags.input_tags.sparse = True
+            return tags
 
     # -- saving ----------------------------------------------------------------
     def save(self, path):
