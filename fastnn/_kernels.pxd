@@ -29,12 +29,13 @@ cdef extern from "fastnn_simd.h" nogil:
     double fastnn_logistic_rows_f(const float* z, const float* t, const float* sw, float* r,
                                   float* e, Py_ssize_t n)
 
-# Loss codes: pointwise_loss's ``which`` (functional.py passes 0 and 1) and
+# Loss codes: pointwise_loss's ``which`` (functional.py passes 0, 1 and 3) and
 # dense_stack_step's ``loss``.
 cpdef enum Loss:
     LOSS_BCE = 0
     LOSS_MSE = 1
     LOSS_XENT = 2
+    LOSS_POISSON = 3
 
 # Activation codes shared with functional.py (ACTIVATIONS maps names to them).
 cpdef enum Activation:

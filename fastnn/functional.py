@@ -26,6 +26,7 @@ __all__ = [
     "log_softmax",
     "logistic_loss_grad",
     "mse_loss",
+    "poisson_loss",
     "sgd_step",
     "softmax",
     "softmax_cross_entropy",
@@ -215,9 +216,16 @@ def _xent_target(target, shape, dtype):
     return _class_indices(t, *shape), None
 
 
-def _pointwise_target(y, name, shape, dtype, primary_name):
+def _pointwise_target(y, name, shape, dtype, primary_name, which=None):
+    """The target of pointwise loss ``which`` (a Loss code; the train_step
+    path passes it too): the primary's shape, and >= 0 for the Poisson loss."""
     y = _contiguous(y, name, dtype, (len(shape),))
     _check_shape(y, name, shape, f" (the shape of {primary_name})")
+    if which == _kernels.Loss.LOSS_POISSON:
+        bad = ~(y >= 0)                 # NaN too: log y has no meaning there
+        if bad.any():
+            raise ValueError(f"{name} must be non-negative for the Poisson loss, "
+                             f"found {y[bad][0]}")
     return y
 
 
@@ -274,7 +282,7 @@ def softmax_cross_entropy(logits, target, *, sample_weight=None, reduction="mean
 def _pointwise_loss(which, primary_name, target_name, o, y, sample_weight, reduction, out):
     _check_reduction(reduction)
     o = _primary(o, primary_name, (1, 2))
-    y = _pointwise_target(y, target_name, o.shape, o.dtype, primary_name)
+    y = _pointwise_target(y, target_name, o.shape, o.dtype, primary_name, which)
     n = o.shape[0]
     w = _sample_weight(sample_weight, n, o.dtype)
     scale = _scale(reduction, n, w)
@@ -293,6 +301,15 @@ def binary_cross_entropy_with_logits(z, t, *, sample_weight=None, reduction="mea
 def mse_loss(o, y, *, sample_weight=None, reduction="mean", out=None):
     """Squared error with the 1/2 convention: returns (loss, gradient o - y, scaled)."""
     return _pointwise_loss(_kernels.Loss.LOSS_MSE, "o", "y", o, y, sample_weight, reduction, out)
+
+
+def poisson_loss(z, y, *, sample_weight=None, reduction="mean", out=None):
+    """Poisson loss on the log link, z the linear predictor (N,) or (N, K),
+    y >= 0 the same shape: per-sample loss sum_k exp(z) - y z + xlogy(y, y) - y
+    (scikit-learn's MLP poisson loss at y_pred = exp(z)); returns (loss,
+    gradient exp(z) - y, scaled).  A large z overflows to an infinite loss."""
+    return _pointwise_loss(_kernels.Loss.LOSS_POISSON, "z", "y", z, y, sample_weight, reduction,
+                           out)
 
 
 # ---------------------------------------------------------------------------

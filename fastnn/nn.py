@@ -47,6 +47,7 @@ __all__ = [
     "MSELoss",
     "Module",
     "Parameter",
+    "PoissonLoss",
     "ReLU",
     "Sequential",
     "Sigmoid",
@@ -594,7 +595,7 @@ class _PointwiseLoss(Loss):
     def _stack_target(self, target, shape, dtype):
         target = _column_target(shape, np.asarray(target))
         return None, F._pointwise_target(target, self._names[1], shape, dtype,
-                                         self._names[0]), 0.0
+                                         self._names[0], self._stack_loss), 0.0
 
 
 class SoftmaxCrossEntropy(Loss):
@@ -647,10 +648,25 @@ class MSELoss(_PointwiseLoss):
                           out=out)
 
 
+class PoissonLoss(_PointwiseLoss):
+    """Poisson loss on the log link: the output z is log of the predicted
+    rate, targets y >= 0 of its shape (a 1-D target is accepted for an (N, 1)
+    output); per-sample Σ_k exp(z_k) − y_k z_k + xlogy(y_k, y_k) − y_k,
+    averaged over samples (scikit-learn's MLPRegressor(loss="poisson") with
+    its exp output activation).  Predictions are exp(output)."""
+
+    _names = ("z", "y")
+    _stack_loss = _kernels.Loss.LOSS_POISSON
+
+    def _kernel(self, output, target, sample_weight, out):
+        return F.poisson_loss(output, _column_target(output.shape, target),
+                              sample_weight=sample_weight, out=out)
+
+
 # ---------------------------------------------------------------------------
 # training
 # ---------------------------------------------------------------------------
-# train_step runs a Sequential of Dense layers with one of the three losses
+# train_step runs a Sequential of Dense layers with one of the four losses
 # in one kernel call (switched off by the tests that compare the two paths)
 _FUSE_DENSE_STACKS = True
 

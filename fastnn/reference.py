@@ -28,6 +28,7 @@ __all__ = [
     "softmax_cross_entropy",
     "binary_cross_entropy_with_logits",
     "mse_loss",
+    "poisson_loss",
     "activation_forward",
     "activation_backward",
     "dense_forward",
@@ -337,6 +338,41 @@ def mse_loss(o, y, *, sample_weight=None, reduction="mean", out=None):
     row_scale = _row_scale(weights, scale, n, dtype)
     diff *= row_scale[:, 0] if o.ndim == 1 else row_scale
     return _reduce(per_sample, weights, reduction, total), _finish(diff, out)
+
+
+def poisson_loss(z, y, *, sample_weight=None, reduction="mean", out=None):
+    """Poisson loss on the log link, z of shape (N,) or (N, K), y >= 0.
+
+    Element loss exp(z) - y z + xlogy(y, y) - y (scikit-learn's
+    xlogy(y, y / y_pred) - y + y_pred at y_pred = exp(z)), gradient
+    exp(z) - y; a sample's loss is the sum over its K outputs.  Entries with
+    y = 0 contribute exp(z) alone (xlogy(0, 0) = 0, and 0 * z is not
+    evaluated, so z = -inf gives 0).
+    """
+    z = _primary(z, "z")
+    if z.ndim not in (1, 2):
+        raise ValueError(f"z must be 1-D (N,) or 2-D (N, K), got shape {z.shape}")
+    _check_reduction(reduction)
+    dtype = z.dtype.type
+    y = _secondary(y, dtype)
+    if y.shape != z.shape:
+        raise ValueError(f"y must have the shape of z {z.shape}, got {y.shape}")
+    if not np.all(y >= 0):
+        raise ValueError("y must be non-negative for the Poisson loss")
+    n = z.shape[0]
+    weights, scale, total = _sample_weights(sample_weight, n, reduction, dtype)
+
+    with np.errstate(over="ignore", divide="ignore", invalid="ignore"):
+        y_pred = np.exp(z)
+        positive = y > 0
+        safe_y = np.where(positive, y, 1)   # log(1) = 0 where y = 0
+        y_terms = np.where(positive, y * (np.log(safe_y) - z - 1), 0)
+        element_loss = y_pred + y_terms
+        grad = y_pred - y
+    per_sample = element_loss if z.ndim == 1 else np.sum(element_loss, axis=1)
+    row_scale = _row_scale(weights, scale, n, dtype)
+    grad *= row_scale[:, 0] if z.ndim == 1 else row_scale
+    return _reduce(per_sample, weights, reduction, total), _finish(grad, out)
 
 
 # --------------------------------------------------------------------------

@@ -44,6 +44,7 @@ def _kernel_calls(rng, dtype):
         lambda: F.softmax_cross_entropy(z, labels, label_smoothing=0.1),
         lambda: F.binary_cross_entropy_with_logits(z, t),
         lambda: F.mse_loss(z, t, reduction="none"),
+        lambda: F.poisson_loss(z, t, reduction="none"),
         lambda: F.dense_forward(A, W, b, "relu"),
         lambda: F.dense_backward(A, W, O, G, "tanh"),
         lambda: F.logistic_loss_grad(X, w, 0.3, y01),

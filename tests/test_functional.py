@@ -460,7 +460,7 @@ def test_sample_weights_are_a_weighted_mean(rng, impl):
 
 
 # ---------------------------------------------------------------------------
-# binary cross-entropy and mean squared error
+# binary cross-entropy, mean squared error and Poisson
 # ---------------------------------------------------------------------------
 POINTWISE_SHAPES = ((1,), (13,), *SHAPES_2D)
 
@@ -473,10 +473,59 @@ def mse_data(rng, shape, dtype):
     return randn(rng, shape, dtype, 2.0), randn(rng, shape, dtype, 2.0)
 
 
+def poisson_data(rng, shape, dtype):
+    """Log-rates z and counts y drawn at rate exp(z): many zeros, some
+    fractional targets (rates are not only counts)."""
+    z = randn(rng, shape, dtype, 1.5)
+    y = rng.poisson(np.exp(z.astype(np.float64))).astype(np.float64)
+    y.reshape(-1)[1::7] *= 0.37
+    return z, y.astype(dtype)
+
+
 POINTWISE = {
     "binary_cross_entropy_with_logits": bce_data,
     "mse_loss": mse_data,
+    "poisson_loss": poisson_data,
 }
+
+
+def poisson_loss_tolerance(z, y, sample_weight, reduction, dtype):
+    """Per-sample (N,) and total tolerances of the Poisson loss: a few
+    roundings of the terms exp(z), y z, y log y, y before they cancel (where
+    exp(z) ~ y the loss is a small difference of large terms)."""
+    z64, y64 = z.astype(np.float64), y.astype(np.float64)
+    terms = np.exp(z64) + np.abs(y64 * z64) + np.abs(y64 * np.log(np.where(y64 > 0, y64, 1))) + y64
+    k = 1 if z.ndim == 1 else z.shape[1]
+    w = np.ones(z.shape[0]) if sample_weight is None else np.asarray(sample_weight, np.float64)
+    per_sample = (terms if z.ndim == 1 else terms.sum(axis=1)) * w
+    s = 1 / w.sum() if reduction == "mean" else 1.0
+    return per_sample, 2 * (k + 8) * np.finfo(dtype).eps * float(per_sample.sum()) * s, k
+
+
+def assert_poisson_close(got, z, y, kwargs, dtype):
+    """Poisson (loss, grad) against the reference, within the rounding of the
+    terms: the two implementations' exp may differ by an ulp."""
+    expected = reference.poisson_loss(z, y, **kwargs)
+    w, reduction = kwargs.get("sample_weight"), kwargs.get("reduction", "mean")
+    per_sample, allowed, k = poisson_loss_tolerance(z, y, w, reduction, dtype)
+    w = np.ones(z.shape[0]) if w is None else np.asarray(w, np.float64)
+    s = 1 / w.sum() if reduction == "mean" else 1.0
+    row = w * s if z.ndim == 1 else (w * s)[:, None]
+    bound = (np.exp(z.astype(np.float64)) + y.astype(np.float64)) * row
+    assert_close_accumulated(got[1], expected[1], bound, 1, dtype)
+    if reduction == "none":
+        assert_close_accumulated(got[0], expected[0], per_sample, k, dtype)
+        return
+    assert isinstance(got[0], float), f"loss is {type(got[0]).__name__}, expected float"
+    allowed += 1e-10 * abs(expected[0])
+    assert abs(got[0] - expected[0]) <= allowed, (got[0], expected[0], allowed)
+
+
+def assert_pointwise_close(func, got, z, t, kwargs, dtype):
+    if func == "poisson_loss":
+        assert_poisson_close(got, z, t, kwargs, dtype)
+    else:
+        assert_result_close(got, getattr(reference, func)(z, t, **kwargs), dtype)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -490,7 +539,7 @@ def test_pointwise_losses_match_reference(rng, func, dtype, shape, reduction, we
     out = nan_buffer(shape, dtype)
     got = getattr(functional, func)(z, t, out=out, **kwargs)
     assert got[1] is out
-    assert_result_close(got, getattr(reference, func)(z, t, **kwargs), dtype)
+    assert_pointwise_close(func, got, z, t, kwargs, dtype)
 
 
 @pytest.mark.parametrize("layout", LAYOUTS)
@@ -500,7 +549,7 @@ def test_pointwise_losses_accept_every_layout(rng, func, layout):
     w = rng.uniform(0.5, 2, 25)
     got = getattr(functional, func)(as_layout(z, layout), as_layout(t, layout),
                                     sample_weight=as_layout(w, layout))
-    assert_result_close(got, getattr(reference, func)(z, t, sample_weight=w), np.float64)
+    assert_pointwise_close(func, got, z, t, dict(sample_weight=w), np.float64)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -540,6 +589,76 @@ def test_mse_half_convention(impl):
     assert_close(grad, (o - y) / 2)
 
 
+# chunk remainders (128-row chunks) and one output or many
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape", ((127, 1), (128, 3), (129, 2), (257, 5), (300,), (1, 40)))
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+def test_poisson_chunk_remainders_match_reference(rng, dtype, shape, reduction):
+    z, y = poisson_data(rng, shape, dtype)
+    w = weights_or_none(rng, shape[0], True)
+    got = functional.poisson_loss(z, y, sample_weight=w, reduction=reduction,
+                                  out=nan_buffer(shape, dtype))
+    assert_poisson_close(got, z, y, dict(sample_weight=w, reduction=reduction), dtype)
+
+
+def test_poisson_known_values(impl):
+    z = np.array([[0.0, np.log(3.0)], [1.0, -2.0]])
+    y = np.array([[0.0, 3.0], [2.0, 0.0]])
+    losses, grad = impl.poisson_loss(z, y, reduction="none")
+    # y = 0: exp(z) alone; y = exp(z): 0; else exp(z) - y z + y log y - y
+    e = np.exp(1.0)
+    assert_close(losses, np.array([1.0, e - 2 + 2 * np.log(2.0) - 2 + np.exp(-2.0)]))
+    assert_close(grad, np.exp(z) - y, atol=1e-15)
+    loss, grad = impl.poisson_loss(z, y, sample_weight=np.array([1.0, 3.0]))
+    assert loss == pytest.approx((losses[0] + 3 * losses[1]) / 4, rel=1e-14)
+    assert_close(grad, (np.exp(z) - y) * np.array([[0.25], [0.75]]), atol=1e-15)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_poisson_zero_targets_and_infinite_logits(impl, dtype):
+    # xlogy(0, 0) = 0: a zero target leaves exp(z), 0 at z = -inf (not 0 * inf)
+    z = np.array([-np.inf, -30.0, 0.0, 2.0], dtype=dtype)
+    y = np.zeros(4, dtype=dtype)
+    losses, grad = impl.poisson_loss(z, y, reduction="none")
+    expected = np.exp(z.astype(np.float64)).astype(dtype)
+    assert_close(losses, expected, dtype)
+    assert_close(grad, expected, dtype)
+    assert impl.poisson_loss(z, y, reduction="sum")[0] == pytest.approx(float(expected.sum()))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_poisson_overflow_is_an_infinite_loss(impl, dtype):
+    # exp(z) beyond the dtype's range: inf loss and gradient, no exception
+    big = 1000.0 if dtype == np.float64 else 100.0
+    z = np.array([[big, 0.0], [0.5, 0.0]], dtype=dtype)
+    y = np.array([[1.0, 2.0], [0.0, 1.0]], dtype=dtype)
+    losses, grad = impl.poisson_loss(z, y, reduction="none")
+    assert losses[0] == np.inf and np.isfinite(losses[1])
+    assert grad[0, 0] == np.inf and np.isfinite(grad[[0, 1, 1], [1, 0, 1]]).all()
+    assert impl.poisson_loss(z, y)[0] == np.inf
+    # NaN logits propagate (data, not arguments: docs/API.md)
+    losses, grad = impl.poisson_loss(np.array([np.nan, 0.0], dtype), np.ones(2, dtype),
+                                     reduction="none")
+    assert np.isnan(losses[0]) and np.isnan(grad[0]) and losses[1] == 0
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape", ((1,), (9, 1), (130, 3), (257, 4)))
+@pytest.mark.parametrize("weighted", (False, True))
+def test_poisson_equals_scikit_learn(rng, dtype, shape, weighted):
+    base = pytest.importorskip("sklearn.neural_network._base",
+                               reason="scikit-learn is not installed")
+    z, y = poisson_data(rng, shape, dtype)
+    w = rng.uniform(0.1, 2, shape[0]) if weighted else None
+    y2 = y.reshape(shape[0], -1).astype(np.float64)
+    y_pred = np.exp(z.reshape(shape[0], -1).astype(np.float64))
+    # scikit-learn's value computed in float64 on the same (rounded) inputs
+    expected = base.poisson_loss(y2, y_pred, sample_weight=w)
+    loss, _ = functional.poisson_loss(z, y, sample_weight=w)
+    _, allowed, _ = poisson_loss_tolerance(z, y, w, "mean", dtype)
+    assert abs(loss - float(expected)) <= allowed + 1e-12 * abs(expected), (loss, expected)
+
+
 # ---------------------------------------------------------------------------
 # finite-difference checks of every loss (float64)
 # ---------------------------------------------------------------------------
@@ -559,6 +678,9 @@ def _loss_cases(rng):
         "bce_2d": ("binary_cross_entropy_with_logits", 3 * z, p, dict(sample_weight=w)),
         "mse_1d": ("mse_loss", z[:, 0], p[:, 0], {}),
         "mse_2d": ("mse_loss", z, p, dict(sample_weight=w)),
+        "poisson_1d": ("poisson_loss", z[:, 0], 3 * p[:, 0], {}),
+        "poisson_2d": ("poisson_loss", 2 * z, rng.poisson(2.0, (n, c)).astype(float),
+                       dict(sample_weight=w)),
     }
 
 
@@ -987,7 +1109,7 @@ def test_large_softmax_and_losses(rng, dtype):
     t = rng.uniform(size=z.shape).astype(dtype)
     for func in sorted(POINTWISE):
         got = getattr(functional, func)(z, t, out=nan_buffer(z.shape, dtype))
-        assert_result_close(got, getattr(reference, func)(z, t), dtype)
+        assert_pointwise_close(func, got, z, t, {}, dtype)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)

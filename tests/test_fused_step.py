@@ -27,6 +27,8 @@ def _problem(loss_name, dtype, n=150):
     if loss_name == "xent_probs":
         p = rng.uniform(size=(n, SIZES[-1]))
         return X, (p / p.sum(1, keepdims=True)).astype(dtype), nn.SoftmaxCrossEntropy()
+    if loss_name == "poisson":    # counts, many of them 0
+        return X, rng.poisson(1.0, (n, SIZES[-1])).astype(dtype), nn.PoissonLoss()
     y = rng.uniform(size=(n, SIZES[-1])).astype(dtype)
     return X, y, nn.MSELoss() if loss_name == "mse" else nn.BinaryCrossEntropyWithLogits()
 
@@ -43,7 +45,7 @@ def _train(fuse, monkeypatch, loss_name, dtype, bias=True, weighted=False, **kwa
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("loss_name", ("xent", "xent_probs", "mse", "bce"))
+@pytest.mark.parametrize("loss_name", ("xent", "xent_probs", "mse", "bce", "poisson"))
 @pytest.mark.parametrize("bias, weighted", ((True, False), (False, True)))
 def test_fused_step_equals_layer_by_layer(monkeypatch, loss_name, dtype, bias, weighted):
     fused = _train(True, monkeypatch, loss_name, dtype, bias, weighted)
@@ -69,6 +71,24 @@ def test_fused_step_single_layer_and_other_activations(monkeypatch):
     value = nn.train_step(model, nn.SoftmaxCrossEntropy(), optim.SGD(model.parameters(), lr=0.1),
                           X, np.array([0, 1, 1, 0]))
     assert np.isfinite(value)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_fused_poisson_step_equals_layer_by_layer_with_sgd(monkeypatch, dtype):
+    # SGD takes its step inside the call: still the plain path's numbers
+    def run(fuse):
+        monkeypatch.setattr(nn, "_FUSE_DENSE_STACKS", fuse)
+        model = _model(dtype)
+        X, y, loss = _problem("poisson", dtype)
+        opt = optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+        values = [nn.train_step(model, loss, opt, X, y) for _ in range(3)]
+        return values, [p.data.copy() for p in model.parameters()], loss.backward().copy()
+
+    fused, plain = run(True), run(False)
+    assert fused[0] == plain[0] and all(np.isfinite(fused[0]))
+    for a, b in zip(fused[1], plain[1]):
+        np.testing.assert_array_equal(a, b)
+    np.testing.assert_array_equal(fused[2], plain[2])
 
 
 def test_the_fused_path_is_taken(monkeypatch):
@@ -111,6 +131,8 @@ def test_non_dense_stacks_take_the_layer_path(monkeypatch):
     ("label_range", ValueError, r"must lie in \[0, 4\)"),
     ("target_shape", ValueError, "target must have shape"),
     ("weight_shape", ValueError, "sample_weight must have shape"),
+    ("poisson_negative", ValueError, "y must be non-negative for the Poisson loss"),
+    ("poisson_nan", ValueError, "y must be non-negative for the Poisson loss, found nan"),
     ("weight_dtype", ValueError, r"layer 1 \(Dense\) weight.data must be a C-contiguous float32"),
     ("weight_shape_param", ValueError, r"weight.data must .* of shape \(17, 9\)"),
     ("grad_readonly", ValueError, r"layer 2 \(Dense\) weight.grad must .* writeable"),
@@ -118,7 +140,7 @@ def test_non_dense_stacks_take_the_layer_path(monkeypatch):
 ])
 def test_bad_input_is_refused_before_any_update(case, error, match):
     model = _model(np.float32)
-    X, y, loss = _problem("xent", np.float32, n=8)
+    X, y, loss = _problem("poisson" if case.startswith("poisson") else "xent", np.float32, n=8)
     # one good step first: the checked arrays are cached, and must be checked
     # again when a parameter's array is replaced
     nn.train_step(model, loss, optim.SGD(model.parameters(), lr=0.1), X, y)
@@ -134,6 +156,9 @@ def test_bad_input_is_refused_before_any_update(case, error, match):
         y = y[:5]
     elif case == "weight_shape":
         w = np.ones(3)
+    elif case.startswith("poisson"):
+        y = y.copy()
+        y[3, 1] = -1.0 if case == "poisson_negative" else np.nan
     elif case == "weight_dtype":
         model[1].weight.data = model[1].weight.data.astype(np.float64)
     elif case == "weight_shape_param":

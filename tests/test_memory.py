@@ -78,6 +78,7 @@ def _small_calls():
         "softmax_cross_entropy(probs)": lambda: F.softmax_cross_entropy(z, t, reduction="none"),
         "binary_cross_entropy_with_logits": lambda: F.binary_cross_entropy_with_logits(z, t),
         "mse_loss": lambda: F.mse_loss(z, t, reduction="none"),
+        "poisson_loss": lambda: F.poisson_loss(z, t, sample_weight=sw, reduction="none"),
         "dense_forward": lambda: F.dense_forward(A, W, b, "relu"),
         "dense_backward": lambda: F.dense_backward(A, W, O, G, "tanh"),
         "dense_backward(out=)": lambda: F.dense_backward(A, W, O, G, "tanh", out=bufs),
@@ -103,6 +104,7 @@ def _raising_calls():
         "softmax_cross_entropy(bad weights)":
             lambda: F.softmax_cross_entropy(zF, np.zeros(16, int), sample_weight=-np.ones(16)),
         "mse_loss(bad out)": lambda: F.mse_loss(zF, z, out=np.empty((16, 7), np.float32)),
+        "poisson_loss(negative y)": lambda: F.poisson_loss(zF, -np.abs(z)),
         "dense_forward(shape)": lambda: F.dense_forward(A, W, None),
         "logistic_loss_grad(b)": lambda: F.logistic_loss_grad(z, np.zeros(7), "0", np.zeros(16)),
         "sgd_step(lr)": lambda: F.sgd_step(p, p.copy(), lr=-1.0),

@@ -67,11 +67,15 @@ def _loss_case(name, n, n_out, rng):
         return nn.MSELoss(), rng.normal(size=(n, n_out))
     if name == "mse_column":
         return nn.MSELoss(), rng.normal(size=n)
+    if name == "poisson":
+        return nn.PoissonLoss(), rng.poisson(1.0, (n, n_out)).astype(float)
+    if name == "poisson_column":
+        return nn.PoissonLoss(), rng.poisson(1.0, n)      # integer counts, cast
     raise AssertionError(name)
 
 
 LOSSES = ("ce_index", "ce_index_smoothing", "ce_probabilities", "bce", "bce_column", "mse",
-          "mse_column")
+          "mse_column", "poisson", "poisson_column")
 
 
 # ---------------------------------------------------------------------------
@@ -332,6 +336,8 @@ def test_losses_match_reference(loss_name, rng):
                                               label_smoothing=loss.label_smoothing)
     elif isinstance(loss, nn.BinaryCrossEntropyWithLogits):
         ref = reference.binary_cross_entropy_with_logits(out, y.reshape(10, n_out), sample_weight=w)
+    elif isinstance(loss, nn.PoissonLoss):
+        ref = reference.poisson_loss(out, y.reshape(10, n_out), sample_weight=w)
     else:
         ref = reference.mse_loss(out, y.reshape(10, n_out), sample_weight=w)
     value = loss(out, y, w)
@@ -348,6 +354,10 @@ def test_loss_errors():
         nn.SoftmaxCrossEntropy().forward(np.zeros((3, 2)), np.array([0, 1, 2]))  # class 2 of 2
     with pytest.raises(ValueError):
         nn.MSELoss().forward(np.zeros((3, 2)), np.zeros((3, 3)))
+    with pytest.raises(ValueError, match="^y must be non-negative"):
+        nn.PoissonLoss().forward(np.zeros((3, 2)), -np.ones((3, 2)))
+    with pytest.raises(ValueError, match="^y must have shape"):
+        nn.PoissonLoss().forward(np.zeros((3, 2)), np.zeros((3, 3)))
 
 
 # ---------------------------------------------------------------------------

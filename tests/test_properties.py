@@ -465,6 +465,71 @@ def test_binary_cross_entropy_and_mse(data):
             assert np.all(np.asarray(zero) == 0) and np.all(zero_grad == 0)
 
 
+@SETTINGS
+@given(st.data())
+def test_poisson_loss(data):
+    draw = data.draw
+    shape = (draw(DIM),) if draw(st.booleans()) else (draw(DIM), draw(DIM))
+    n = shape[0]
+    z = draw(arrays(shape, draw(ANY_DTYPE)))
+    dtype = compute_dtype(z.dtype)
+    # targets: rates in [0, 1] with exact zeros, or signed data; either with specials
+    t = draw(arrays(shape, draw(ANY_DTYPE), unit=draw(st.booleans())))
+    if t.dtype.kind == "f" and draw(st.booleans()):
+        t = np.where(np.asarray(t) < 0.3, 0, t).astype(t.dtype)
+    w, w_errors, all_zero = sample_weights(draw, n)
+    reduction = draw(st.sampled_from(REDUCTIONS * 2 + ("avg",)))
+    out, out_errors = draw(out_buffers(shape, dtype))
+    errors = (input_errors(z) | input_errors(t) | w_errors | out_errors
+              | reduction_errors(reduction, all_zero))
+    bad_target = False
+    if t.dtype in FLOATS + PROMOTED and t.size:
+        with np.errstate(all="ignore"):
+            bad_target = not (np.asarray(t).astype(dtype) >= 0).all()   # negative or NaN
+    if bad_target:
+        errors.add(ValueError)
+    kwargs = dict(sample_weight=w, reduction=reduction)
+    saved = snapshot(z, t, w)
+    with np.errstate(all="ignore"):
+        result = call(errors, F.poisson_loss, z, t, out=out, **kwargs)
+        if result is None:
+            if bad_target and not (errors - {ValueError}) and w is None and out is None:
+                call({ValueError}, R.poisson_loss, z, t, **kwargs)   # the oracle refuses it too
+            return
+        assert_unchanged([z, t, w], saved)
+        loss, grad = result
+        zc, tc = f64(z, dtype), f64(t, dtype)
+        # the loss oracle: the prediction exp(z) in the compute dtype (it
+        # overflows there), the y terms in float64 (where the kernel keeps them)
+        e = np.exp(np.asarray(z).astype(dtype)).astype(np.float64)
+        positive = tc > 0
+        log_t = np.log(np.where(positive, tc, 1))
+        element = e + np.where(positive, tc * (log_t - zc - 1), 0)
+        per_sample = element if z.ndim == 1 else element.sum(axis=1)
+        term_bound = e + np.where(positive, np.abs(tc * zc) + np.abs(tc * log_t) + tc, 0)
+        sample_bound = term_bound if z.ndim == 1 else term_bound.sum(axis=1)
+        ws_rows = np.ones(n) if w is None else f64(w, dtype)
+        per_sample, sample_bound = per_sample * ws_rows, sample_bound * ws_rows
+        if reduction == "none":
+            expected_loss = per_sample.astype(dtype)
+        else:
+            expected_loss = float(np.sum(per_sample))
+            if reduction == "mean":
+                expected_loss /= float(np.sum(ws_rows))
+        k = 1 if z.ndim == 1 else z.shape[1]
+        assert_matches(loss, expected_loss, dtype, loss_bounds(sample_bound, w, reduction, n),
+                       k + n)
+        ws = row_scale(w, reduction, n, dtype)
+        ws = ws if z.ndim == 1 else ws[:, None]
+        assert_matches(grad, R.poisson_loss(z, t, **kwargs)[1], dtype, (e + np.abs(tc)) * ws)
+        if out is not None:
+            assert grad is out
+        # each element's loss is >= 0 (exp(z) - y z + y log y - y is, for y >= 0):
+        # only rounding goes below
+        assert not (np.asarray(loss) < -np.asarray(loss_bounds(sample_bound, w, reduction, n))
+                    * 1e-5).any()
+
+
 # ---------------------------------------------------------------------------
 # dense layer
 # ---------------------------------------------------------------------------

@@ -11,6 +11,7 @@ import pytest
 import fastnn
 from fastnn import _kernels
 from fastnn import functional as F
+from fastnn import nn, optim
 from conftest import DTYPES, randn
 
 THREAD_COUNTS = (1, 2, 3)
@@ -44,6 +45,7 @@ def _kernel_calls(rng, dtype):
     t = rng.uniform(size=z.shape).astype(dtype)
     sw = rng.uniform(0, 2, 70000)
     o = np.tanh(z)
+    counts = rng.poisson(2.0, z.shape).astype(dtype)     # with zeros
     z10 = randn(rng, (70001, 10), dtype, 3.0)    # C <= 16: AVX-512's sixteen-row blocks
     y10 = rng.integers(0, 10, 70001)
     sw10 = rng.uniform(0, 2, 70001)
@@ -60,6 +62,8 @@ def _kernel_calls(rng, dtype):
         "bce": lambda: F.binary_cross_entropy_with_logits(z, t, sample_weight=sw),
         "bce_none": lambda: F.binary_cross_entropy_with_logits(z, t, reduction="none"),
         "mse": lambda: F.mse_loss(z, t, reduction="sum"),
+        "poisson": lambda: F.poisson_loss(z / 3, counts, sample_weight=sw),
+        "poisson_none": lambda: F.poisson_loss(z / 3, counts, reduction="none"),
         "activation_forward": lambda: [F.activation_forward(z, a) for a in
                                        ("sigmoid", "tanh", "relu", "leaky_relu")],
         "activation_backward": lambda: [F.activation_backward(o, t, a) for a in
@@ -117,6 +121,35 @@ def kernel_calls():
 @pytest.mark.parametrize("kernel", KERNELS)
 def test_bit_identical_across_thread_counts(kernel_calls, kernel, dtype):
     assert_thread_independent(kernel_calls[dtype][kernel])
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_poisson_bit_identical_up_to_eight_threads(dtype):
+    # more threads than cores, and an odd count: chunks still add in order
+    rng = np.random.default_rng(11)
+    z = randn(rng, (50001, 7), dtype)
+    y = rng.poisson(np.exp(z.astype(np.float64))).astype(dtype)
+    sw = rng.uniform(0, 2, 50001)
+    X = randn(rng, (4099, 20), dtype)
+    counts = rng.poisson(1.5, (4099, 3)).astype(dtype)
+
+    def fused_step():
+        model = nn.Sequential(nn.Dense(20, 16, "tanh", dtype=dtype, rng=0),
+                              nn.Dense(16, 3, dtype=dtype, rng=1))
+        value = nn.train_step(model, nn.PoissonLoss(), optim.SGD(model.parameters(), lr=0.01),
+                              X, counts)
+        return value, [p.data for p in model.parameters()]
+
+    calls = (lambda: F.poisson_loss(z, y, sample_weight=sw),
+             lambda: F.poisson_loss(z, y, reduction="none"),
+             fused_step)
+    for call in calls:
+        results = {}
+        for n in (1, 2, 3, 8):
+            with fastnn.num_threads(n):
+                results[n] = _as_bytes(call())
+        for n in (2, 3, 8):
+            assert results[n] == results[1], f"{n} threads differ from 1 thread"
 
 
 # ---------------------------------------------------------------------------

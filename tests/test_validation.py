@@ -177,6 +177,29 @@ BAD_INPUTS = [
     case("mse-empty", lambda: F.mse_loss(zeros((N, 0)), zeros((N, 0))), ValueError, "o"),
     case("mse-weights-shape", lambda: F.mse_loss(Z, Z, sample_weight=SW[:3]), ValueError,
          "sample_weight"),
+    # poisson: y >= 0 (NaN is not), the shape checks of the other pointwise losses
+    case("poisson-y-negative", lambda: F.poisson_loss(Z, P - 0.5), ValueError, "y",
+         "non-negative"),
+    case("poisson-y-tiny-negative", lambda: F.poisson_loss(Z, np.full((N, C), -1e-300)),
+         ValueError, "y", "-1e-300"),
+    case("poisson-y-nan", lambda: F.poisson_loss(Z, np.where(Z > 1, np.nan, 1.0)), ValueError,
+         "y", "nan"),
+    case("poisson-y-negative-int", lambda: F.poisson_loss(Z, -np.ones((N, C), int)), ValueError,
+         "y"),
+    case("poisson-y-shape", lambda: F.poisson_loss(Z, P.T), ValueError, "y", "(6, 4)"),
+    case("poisson-y-1d-for-2d", lambda: F.poisson_loss(Z, P[:, 0]), ValueError, "y"),
+    case("poisson-3d", lambda: F.poisson_loss(Z[None], P[None]), ValueError, "z"),
+    case("poisson-float16", lambda: F.poisson_loss(Z.astype(np.float16), P), TypeError, "z"),
+    case("poisson-complex", lambda: F.poisson_loss(Z + 0j, P), TypeError, "z"),
+    case("poisson-y-object", lambda: F.poisson_loss(Z, P.astype(object)), TypeError, "y"),
+    case("poisson-y-str", lambda: F.poisson_loss(Z, np.full((N, C), "1")), TypeError, "y"),
+    case("poisson-empty", lambda: F.poisson_loss(zeros((N, 0)), zeros((N, 0))), ValueError, "z"),
+    case("poisson-weights-shape", lambda: F.poisson_loss(Z, P, sample_weight=SW[:3]), ValueError,
+         "sample_weight"),
+    case("poisson-weights-negative", lambda: F.poisson_loss(Z, P, sample_weight=-SW), ValueError,
+         "sample_weight"),
+    case("poisson-reduction", lambda: F.poisson_loss(Z, P, reduction="avg"), ValueError,
+         "reduction"),
     # dense layer
     case("dense-W-1d", lambda: F.dense_forward(A, W[:, 0], None), ValueError, "W"),
     case("dense-W-complex", lambda: F.dense_forward(A, W + 0j, B), TypeError, "W"),
@@ -303,6 +326,7 @@ OUT_CALLS = {
     "softmax_cross_entropy": (lambda out: F.softmax_cross_entropy(Z, Y, out=out), Z.shape),
     "bce": (lambda out: F.binary_cross_entropy_with_logits(Z, P, out=out), Z.shape),
     "mse_loss": (lambda out: F.mse_loss(Z, P, out=out), Z.shape),
+    "poisson_loss": (lambda out: F.poisson_loss(Z, P, out=out), Z.shape),
     "dense_forward": (lambda out: F.dense_forward(A, W, B, out=out), (N, 2)),
     "logistic_loss_grad": (lambda out: F.logistic_loss_grad(X, WL, 0.0, T, out=out), (3,)),
 }
@@ -375,6 +399,8 @@ CALLS = {
     "bce": (lambda M, a: M.binary_cross_entropy_with_logits(a["z"], a["t"], sample_weight=a["w"]),
             dict(z=Z, t=P, w=SW)),
     "mse": (lambda M, a: M.mse_loss(a["o"], a["y"], reduction="sum"), dict(o=Z, y=P)),
+    "poisson": (lambda M, a: M.poisson_loss(a["z"], a["y"], sample_weight=a["w"],
+                                            reduction="none"), dict(z=Z, y=P, w=SW)),
     "dense_forward": (lambda M, a: M.dense_forward(a["A"], a["W"], a["b"], "relu"),
                       dict(A=A, W=W, b=B)),
     "dense_backward": (lambda M, a: M.dense_backward(a["A"], a["W"], a["O"], a["G"], "tanh"),
@@ -413,6 +439,7 @@ EMPTY_CALLS = {
     "bce": lambda M: M.binary_cross_entropy_with_logits(zeros((0,)), zeros((0,)),
                                                          reduction="none"),
     "mse": lambda M: M.mse_loss(zeros((0, 2)), zeros((0, 2)), reduction="sum"),
+    "poisson": lambda M: M.poisson_loss(zeros((0,)), zeros((0,)), reduction="none"),
     "dense_W": lambda M: M.dense_forward(zeros((N, 0)), zeros((0, 2)), None),
     "dense_A": lambda M: M.dense_forward(zeros((0, 3)), W, B),
     "dense_backward": lambda M: M.dense_backward(zeros((0, 3)), W, zeros((0, 2)), zeros((0, 2))),
@@ -449,6 +476,10 @@ PROMOTIONS = {
         Z.astype(f32), Z > 0)[1], f32),
     "mse-f32-o-int-y": (lambda M: M.mse_loss(Z.astype(f32), np.ones((N, C), int))[1], f32),
     "mse-int-o": (lambda M: M.mse_loss(np.arange(5), np.ones(5, f32))[1], f64),
+    "poisson-f32-z-int-y": (lambda M: M.poisson_loss(Z.astype(f32), np.ones((N, C), int))[1], f32),
+    "poisson-int-z-f32-y": (lambda M: M.poisson_loss(np.arange(5), np.ones(5, f32))[1], f64),
+    "poisson-f32-z-bool-y-none": (lambda M: M.poisson_loss(Z.astype(f32), Z > 0,
+                                                           reduction="none")[0], f32),
     "dense-f64-A-f32-W": (lambda M: M.dense_forward(A, W.astype(f32), B), f32),
     "dense-f32-A-f64-W": (lambda M: M.dense_forward(A.astype(f32), W, B.astype(f32)), f64),
     "dense-int-A-f32-W": (lambda M: M.dense_forward(np.arange(6).reshape(2, 3),
@@ -471,8 +502,22 @@ def test_dtype_promotion(name):
 def test_scalar_losses_are_python_floats(impl, reduction):
     for loss, _ in (impl.softmax_cross_entropy(Z.astype(f32), Y, reduction=reduction),
                     impl.binary_cross_entropy_with_logits(Z.astype(f32), P, reduction=reduction),
-                    impl.mse_loss(Z.astype(f32), P, reduction=reduction)):
+                    impl.mse_loss(Z.astype(f32), P, reduction=reduction),
+                    impl.poisson_loss(Z.astype(f32), P, reduction=reduction)):
         assert type(loss) is float
+
+
+def test_poisson_target_checks_in_both_implementations(impl):
+    # the oracle refuses what the kernel's wrapper refuses (y < 0, NaN); 0 and inf are targets
+    for bad in (P - 0.5, np.where(Z > 1, np.nan, P)):
+        with pytest.raises(ValueError, match="^y must be non-negative"):
+            impl.poisson_loss(Z, bad)
+    losses, grad = impl.poisson_loss(Z, np.zeros((N, C)), reduction="none")
+    assert_close(losses, np.exp(Z).sum(axis=1))
+    y = np.ones((N, C))
+    y[0, 0] = np.inf
+    losses, _ = impl.poisson_loss(Z, y, reduction="none")
+    assert not np.isfinite(losses[0]) and np.isfinite(losses[1:]).all()
 
 
 def test_promoted_out_buffer_must_have_the_compute_dtype():

@@ -151,14 +151,16 @@ def _functional_calls(F):
         n, c = g.dim(), g.dim()
         kw = dict(sample_weight=g.sample_weight(n),
                   reduction=g.scalar(["mean", "sum", "none"]), out=g.out((n, c)))
-        which = g.pick(["xent", "bce", "mse"])
+        which = g.pick(["xent", "bce", "mse", "poisson"])
         if which == "xent":
             kw["label_smoothing"] = g.scalar([0.0, 0.0, 0.1])
             return F.softmax_cross_entropy, (g.array((n, c)), g.labels(n, c)), kw
         shape = g.pick([(n,), (n, c)])
         kw["out"] = g.out(shape)
-        fn = F.binary_cross_entropy_with_logits if which == "bce" else F.mse_loss
-        return fn, (g.array(shape), g.array(shape, unit=which == "bce")), kw
+        fn = {"bce": F.binary_cross_entropy_with_logits, "mse": F.mse_loss,
+              "poisson": F.poisson_loss}[which]
+        # unit targets for Poisson too: mostly valid (>= 0), then special values
+        return fn, (g.array(shape), g.array(shape, unit=which in ("bce", "poisson"))), kw
 
     def dense_forward(g):
         n, i, o = g.dim(), g.dim(), g.dim()
@@ -238,7 +240,8 @@ def _nn_calls(nn, optim):
 
     def loss_pass(g):
         n, c = g.dim(), g.dim()
-        loss = g.pick([nn.SoftmaxCrossEntropy, nn.BinaryCrossEntropyWithLogits, nn.MSELoss])()
+        loss = g.pick([nn.SoftmaxCrossEntropy, nn.BinaryCrossEntropyWithLogits, nn.MSELoss,
+                       nn.PoissonLoss])()
         target = g.labels(n, c) if isinstance(loss, nn.SoftmaxCrossEntropy) else \
             g.array(g.pick([(n, c), (n,)]), unit=True)
         steps = []

@@ -1,6 +1,6 @@
 # Losses: each chunk function handles the rows of one chunk and returns the
 # chunk's weighted loss sum (in double); the driver adds chunks in order.
-# Softmax cross-entropy (with its one-call entry point), BCE and MSE.
+# Softmax cross-entropy (with its one-call entry point), BCE, MSE and Poisson.
 
 cdef inline floating _smoothed(floating y, double smoothing, Py_ssize_t c) noexcept nogil:
     if smoothing == 0:
@@ -160,10 +160,39 @@ cdef double _mse_chunk(const floating* O, const floating* Y, const floating* sw,
     return total
 
 
+cdef double _poisson_chunk(const floating* Z, const floating* Y, const floating* sw, floating* G,
+                           floating* L, Py_ssize_t start, Py_ssize_t stop, Py_ssize_t k_out,
+                           double scale) noexcept nogil:
+    """Poisson deviance/2 on the log link, as scikit-learn's MLP poisson loss:
+    exp(z) - y z + xlogy(y, y) - y; gradient exp(z) - y."""
+    cdef double total = 0, row_loss
+    cdef Py_ssize_t i, k, j
+    cdef floating z, y, e, w, ws
+    for i in range(start, stop):
+        w = sw[i] if sw != NULL else 1
+        ws = <floating>(w * scale)
+        row_loss = 0
+        for k in range(k_out):
+            j = i * k_out + k
+            z = Z[j]
+            y = Y[j]
+            e = _exp(z)             # inf for large z: an infinite loss, not an error
+            row_loss += e
+            if y != 0:              # xlogy(0, 0) = 0, and 0 * (-inf) must not poison the loss
+                # in double: y log y and y z nearly cancel where exp(z) ~ y
+                row_loss += <double>y * (log(<double>y) - <double>z - 1)
+            G[j] = (e - y) * ws
+        if L != NULL:
+            L[i] = <floating>(w * row_loss)
+        total += w * row_loss
+    return total
+
+
 def pointwise_loss(int which, const floating[:, ::1] z, const floating[:, ::1] t,
                    const floating[::1] sample_weight, floating[:, ::1] grad,
                    floating[::1] losses, double scale):
-    """which = LOSS_BCE (0): binary cross-entropy with logits; LOSS_MSE (1): squared error."""
+    """which = LOSS_BCE (0): binary cross-entropy with logits; LOSS_MSE (1):
+    squared error; LOSS_POISSON (3): Poisson on the log link."""
     cdef Py_ssize_t n = z.shape[0], k_out = z.shape[1]
     cdef double* partial = <double*> malloc(_n_chunks(n) * sizeof(double))
     cdef double total
@@ -188,6 +217,8 @@ cdef inline double _loss_chunk(int which, const floating* Z, const int64_t* labe
         return _xent_chunk(Z, labels, T, sw, G, L, start, stop, c, scale, smoothing)
     if which == LOSS_BCE:
         return _bce_chunk(Z, T, sw, G, L, start, stop, c, scale)
+    if which == LOSS_POISSON:
+        return _poisson_chunk(Z, T, sw, G, L, start, stop, c, scale)
     return _mse_chunk(Z, T, sw, G, L, start, stop, c, scale)
 
 
