@@ -297,6 +297,27 @@ def test_lbfgs_on_digits_reaches_scikit_learns_accuracy():
     assert ours >= ref - 0.01, (ours, ref)
 
 
+@pytest.mark.parametrize("solver", ["adam", "lbfgs"])
+def test_poisson_regressor_matches_scikit_learn(solver):
+    """loss="poisson": exp output, half Poisson deviance summed over outputs
+    (scikit-learn's loss_), the same fit from the same seed in float64."""
+    _sklearn()
+    from sklearn import neural_network
+    rng = np.random.default_rng(5)
+    X = rng.normal(size=(100, 3))
+    y = np.column_stack([rng.poisson(np.exp(0.5 * X[:, 0])), rng.poisson(np.exp(X[:, 1] / 3))])
+    params = dict(loss="poisson", hidden_layer_sizes=(5,), solver=solver, max_iter=10,
+                  learning_rate_init=0.01, random_state=0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ref = neural_network.MLPRegressor(**params).fit(X, y)
+        model = MLPRegressor(**params, dtype=None, n_threads=1).fit(X, y)
+    assert model.out_activation_ == "exp"
+    np.testing.assert_allclose(model.predict(X), ref.predict(X), rtol=1e-6)
+    np.testing.assert_allclose(model.loss_, ref.loss_, rtol=1e-6)
+    assert (model.predict(X) > 0).all()
+
+
 @pytest.mark.parametrize("cls", [MLPClassifier, MLPRegressor])
 def test_dtype_none_follows_X(cls):
     X, y = _blobs(n=60)
@@ -461,8 +482,10 @@ def test_parameter_errors():
                 dict(batch_size=0), dict(dropout=1.0), dict(dtype=np.int32), dict(n_threads=0)):
         with pytest.raises(ValueError):
             MLPClassifier(**bad).fit(X, y)
-    with pytest.raises(ValueError):
-        MLPRegressor(loss="poisson").fit(X, y)
+    with pytest.raises(ValueError, match="loss"):
+        MLPRegressor(loss="huber").fit(X, y)
+    with pytest.raises(ValueError, match="non-negative"):
+        MLPRegressor(loss="poisson", max_iter=2).fit(X, y - 1.0)
     for bad in (dict(penalty="elasticnet"), dict(C=0), dict(solver="lbfgs")):
         with pytest.raises(ValueError):
             LogisticRegression(**bad).fit(X, y)

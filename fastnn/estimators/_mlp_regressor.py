@@ -10,10 +10,11 @@ from ._mlp import _BaseMLP, _stochastic_only
 class MLPRegressor(RegressorMixin, _BaseMLP):
     """Multi-layer perceptron regressor, a drop-in for scikit-learn's.
 
-    Identity output, squared error (½ convention; the reported loss is
-    averaged over outputs, as scikit-learn's).  Parameters as in
-    ``sklearn.neural_network.MLPRegressor`` (solver "lbfgs" and
-    loss="poisson" excepted), plus the extras documented on
+    ``loss="squared_error"``: identity output, squared error (½ convention;
+    the reported loss is averaged over outputs, as scikit-learn's);
+    ``loss="poisson"``: exponential output, half Poisson deviance (y ≥ 0;
+    summed over outputs, as scikit-learn's).  Parameters as in
+    ``sklearn.neural_network.MLPRegressor``, plus the extras documented on
     :class:`MLPClassifier` (leaky_relu, l1, dropout, dtype, n_threads,
     validation_data, callbacks, comm).
     """
@@ -31,9 +32,8 @@ class MLPRegressor(RegressorMixin, _BaseMLP):
         self._store_params(locals())
 
     def _check_params(self, incremental):
-        if self.loss != "squared_error":
-            raise ValueError(f"loss must be 'squared_error' (fastnn does not support "
-                             f"{self.loss!r}), got {self.loss!r}")
+        if self.loss not in ("squared_error", "poisson"):
+            raise ValueError(f"loss must be 'squared_error' or 'poisson', got {self.loss!r}")
         return super()._check_params(incremental)
 
     @_stochastic_only
@@ -47,17 +47,26 @@ class MLPRegressor(RegressorMixin, _BaseMLP):
         if y.ndim == 1:
             y = y.reshape(-1, 1)
         if first:
-            self.out_activation_ = "identity"
+            self.out_activation_ = "exp" if self.loss == "poisson" else "identity"
+        elif self.out_activation_ != ("exp" if self.loss == "poisson" else "identity"):
+            raise ValueError(f"loss={self.loss!r} differs from the loss the model was fitted "
+                             "with; refit without warm_start")
         return y
 
     def _n_network_outputs(self, target):
         return target.shape[1]
 
     def _make_loss(self):
-        return nn.MSELoss()
+        # on the output layer's values z (the log of the prediction for poisson)
+        return nn.PoissonLoss() if self.out_activation_ == "exp" else nn.MSELoss()
 
     def _loss_outputs(self):
-        return self.n_outputs_  # scikit-learn averages the squared error over outputs
+        # scikit-learn averages the squared error over outputs, sums the deviance
+        return 1 if self.out_activation_ == "exp" else self.n_outputs_
+
+    def _forward(self, X):
+        out = super()._forward(X)
+        return np.exp(out, out=out) if self.out_activation_ == "exp" else out
 
     def _encoded_score(self, X, target, sample_weight=None):
         pred = self._forward(X)
