@@ -72,6 +72,14 @@ cdef _check_csr(const floating[::1] data, const csr_index[::1] indices,
         raise ValueError(_CSR_ERRORS[code])
 
 
+def check_csr(const floating[::1] data, const csr_index[::1] indices,
+              const csr_index[::1] indptr, Py_ssize_t n_cols):
+    """The structural and finiteness checks of the sparse entries alone
+    (ValueError): nn.fit runs them once on the whole X before scipy's row
+    indexing, which trusts the structure, gathers its batches."""
+    _check_csr(data, indices, indptr, n_cols)
+
+
 cdef void _sparse_rows(const floating* data, const csr_index* indices, const csr_index* indptr,
                        const floating* W, const floating* b, floating* O, Py_ssize_t i0,
                        Py_ssize_t i1, Py_ssize_t n_out, int kind,
