@@ -13,7 +13,10 @@ of ``fastnn.functional`` then convert or reject.  One body serves float32 and
 float64 through the ``floating`` fused type.  Loops over rows run under
 ``prange`` with the GIL released; reductions over rows are computed per
 fixed-size chunk of rows and the chunk results are combined serially in chunk
-order, so every result is bit-identical whatever the thread count.
+order, so every result is bit-identical whatever the thread count.  (The
+sparse layer's entries, sparse_dense_forward/backward, check the structure
+of their CSR arrays themselves and raise ValueError: a bad index would
+reach outside W or dW.)
 
 One module, one file per concern: the pieces in fastnn/_kernels/ are included
 below; what they share is declared in fastnn/_kernels.pxd.
@@ -22,7 +25,7 @@ from cython cimport floating
 from cython.parallel cimport prange, parallel
 from libc.math cimport (exp, expf, log, logf, log1p, log1pf, tanh, tanhf, sqrt, sqrtf, fabs,
                         fabsf, frexp, M_LN2)
-from libc.stdint cimport int64_t
+from libc.stdint cimport int32_t, int64_t
 from libc.stdlib cimport malloc, calloc, free
 from libc.string cimport memcpy, memset
 from cpython.pythread cimport (PyThread_type_lock, PyThread_allocate_lock,
@@ -42,6 +45,7 @@ include "_kernels/checks.pxi"
 include "_kernels/gather.pxi"
 include "_kernels/gemm.pxi"
 include "_kernels/dense.pxi"
+include "_kernels/sparse.pxi"
 include "_kernels/stack.pxi"
 include "_kernels/logistic.pxi"
 include "_kernels/updates.pxi"

@@ -11,6 +11,7 @@ import math
 import numbers
 
 import numpy as np
+import scipy.sparse as _sp
 
 from ._checks import check_alpha, check_real
 from . import _kernels
@@ -30,12 +31,16 @@ __all__ = [
     "sgd_step",
     "softmax",
     "softmax_cross_entropy",
+    "sparse_dense_backward",
+    "sparse_dense_forward",
 ]
 
 ACTIVATIONS = {a.name.lower(): int(a) for a in _kernels.Activation}
 REDUCTIONS = ("mean", "sum", "none")
 _FLOAT64 = np.dtype(np.float64)
 _FLOAT32 = np.dtype(np.float32)
+_INDEX_DTYPES = (np.dtype(np.int32), np.dtype(np.int64))
+_INT32_MAX = np.iinfo(np.int32).max
 _ANY_NDIM = range(1, 65)
 
 
@@ -381,6 +386,179 @@ def _unpack3(out):
     if not isinstance(out, (tuple, list)) or len(out) != 3:
         raise TypeError("out must be a tuple (dA, dW, db) of arrays (dA may be None)")
     return out
+
+
+# ---------------------------------------------------------------------------
+# dense layer on a sparse input
+# ---------------------------------------------------------------------------
+def _is_sparse(X):
+    """Whether ``X`` is a scipy.sparse matrix or array (an ndarray, the
+    dense layers' hot case, is answered by one type test)."""
+    return type(X) is not np.ndarray and _sp.issparse(X)
+
+
+class _CSR(tuple):
+    """A sparse input as the kernels take it: (shape, data, indices, indptr),
+    data of the compute dtype, indices and indptr C-contiguous and of one
+    dtype, int32 or int64.  Kept by nn.Dense between forward and backward.
+    (Not a scipy matrix: scipy's constructor would downcast int64 indices
+    that fit int32, a copy of the largest array.)"""
+
+    __slots__ = ()
+
+    @property
+    def shape(self):
+        return self[0]
+
+
+def _csr(X, dtype, name="X"):
+    """``X`` (any scipy.sparse matrix or array) as a _CSR of ``dtype``.
+
+    CSR is taken as is; other formats (CSC, COO, ...) are converted to CSR
+    once (a copy); values of another dtype are converted (a copy of the
+    values only).  The index arrays are never copied to change their dtype,
+    except indptr (n + 1 entries) when it differs from the indices', and
+    indices of a dtype other than int32/int64.  Storage beyond indptr[-1]
+    (scipy allows it) is cut off by a view.  The kernels check the
+    structure (indptr monotone from 0 to nnz, indices in range) and the
+    values' finiteness themselves."""
+    if type(X) is _CSR:
+        return X
+    if not _is_sparse(X):
+        raise TypeError(f"{name} must be a scipy.sparse matrix or array (CSR or CSC), got "
+                        f"{type(X).__name__}; dense input goes to dense_forward/dense_backward")
+    if X.ndim != 2:
+        raise ValueError(f"{name} must be 2-D, got shape {X.shape}")
+    if X.shape[0] == 0 or X.shape[1] == 0:
+        raise ValueError(f"{name} must not be empty, got shape {X.shape}")
+    if X.dtype.kind not in "fiub" or X.dtype == np.float16 or X.dtype.itemsize > 8:
+        raise TypeError(f"{name} must hold float32 or float64 values (or integer, converted), "
+                        f"got dtype {X.dtype}")
+    if X.format != "csr":
+        X = X.tocsr()
+    data, indices, indptr = X.data, X.indices, X.indptr
+    if indptr.ndim != 1 or len(indptr) != X.shape[0] + 1:
+        raise ValueError(f"{name}.indptr must have n_rows + 1 = {X.shape[0] + 1} entries, "
+                         f"got shape {indptr.shape}")
+    if indices.ndim != 1 or data.ndim != 1:
+        raise ValueError(f"{name}.indices and {name}.data must be 1-D")
+    if indices.dtype not in _INDEX_DTYPES:
+        indices = indices.astype(np.int64)     # a foreign index dtype: one copy
+    if indptr.dtype != indices.dtype:
+        # indptr, the short one, takes the dtype of the indices when its
+        # values fit (else both widen)
+        if indices.dtype == np.int64 or abs(int(indptr[-1])) <= _INT32_MAX:
+            indptr = indptr.astype(indices.dtype)
+        else:
+            indices, indptr = indices.astype(np.int64), indptr.astype(np.int64)
+    nnz = int(indptr[-1])
+    if 0 <= nnz < min(len(data), len(indices)):
+        data, indices = data[:nnz], indices[:nnz]
+    return _CSR((X.shape, np.ascontiguousarray(data, dtype=dtype),
+                 np.ascontiguousarray(indices), np.ascontiguousarray(indptr)))
+
+
+def _checked_csr_matrix(X, dtype, name="X"):
+    """A scipy.sparse ``X`` as a scipy CSR matrix (or array) of ``dtype``,
+    its structure and values checked as the kernels check a batch (for
+    nn.fit, which gathers batches by scipy's row indexing).  Converted once
+    when another format or dtype (scipy's conversions copy the structure)."""
+    if _is_sparse(X) and X.ndim == 2 and X.format != "csr":
+        X = X.tocsr()
+    parts = _csr(X, dtype, name)            # the type, shape and dtype checks
+    _kernels.check_csr(parts[1], parts[2], parts[3], X.shape[1])
+    if X.dtype != dtype:
+        X = X.astype(dtype)
+    return X
+
+
+def _sparse_weights(W):
+    """W (n_in, n_out): a float32 or float64 array; its dtype is the layer's."""
+    W = _array(W, "W")
+    if W.dtype not in (_FLOAT32, _FLOAT64):
+        raise TypeError(f"W must be a float32 or float64 array (its dtype is the computation's), "
+                        f"got dtype {W.dtype}")
+    return _contiguous(W, "W", W.dtype, (2,))
+
+
+def _same_dtype(x, name, dtype, ndims):
+    """A secondary array that must already have W's dtype (no silent cast)."""
+    x = _array(x, name)
+    if x.dtype != dtype:
+        raise TypeError(f"{name} must have the dtype of W ({dtype}), got {x.dtype}")
+    return _contiguous(x, name, dtype, ndims)
+
+
+def _sparse_operands(X, W):
+    W = _sparse_weights(W)
+    X = _csr(X, W.dtype)
+    if X.shape[1] != W.shape[0]:
+        raise ValueError(f"X must have shape (N, {W.shape[0]}) to match W {W.shape}, "
+                         f"got {X.shape}")
+    return X, W
+
+
+def sparse_dense_forward(X, W, b=None, activation="identity", *, alpha=0.01, out=None):
+    """O = f(X W + b) for a scipy.sparse X (N, n_in), W of shape (n_in, n_out).
+
+    X may be any scipy.sparse matrix or array: CSR is used as is, other
+    formats (CSC, COO, ...) are converted to CSR once, values of another
+    dtype converted to W's (a copy of the values; the index arrays, int32 or
+    int64, are never copied).  W must be float32 or float64 and sets the
+    dtype; b and ``out`` must have it too.  Each output row sums its stored
+    values times their rows of W (duplicates add up, any order), then bias
+    and activation, in one threaded pass.  ValueError for non-finite values
+    in X or a malformed CSR structure.
+    """
+    kind = _activation(activation, alpha)
+    X, W = _sparse_operands(X, W)
+    _, data, indices, indptr = X
+    n_out = W.shape[1]
+    if b is not None:
+        b = _same_dtype(b, "b", W.dtype, (1,))
+        _check_shape(b, "b", (n_out,), " (one bias per output)")
+    out = _output(out, "out", (X.shape[0], n_out), W.dtype, W, b, data)
+    _kernels.sparse_dense_forward(data, indices, indptr, W, b, out, kind, alpha)
+    return out
+
+
+def sparse_dense_backward(X, W, O, grad_out, activation="identity", *, alpha=0.01, out=None,
+                          overwrite_grad_out=False):
+    """Backward pass of ``sparse_dense_forward``: returns (dW, db).
+
+    delta = grad_out * f'(O) is fused with db = column sums of delta, as in
+    ``dense_backward``; dW = X^T delta (every element written, zero for a
+    feature no sample holds) through the transpose of X, bit-identical at
+    any thread count.  There is no input gradient.  X as in
+    ``sparse_dense_forward``; O and grad_out are converted to W's dtype
+    when needed (a copy).  ``out`` is an optional (dW, db) pair of buffers
+    (either may be None); ``overwrite_grad_out=True`` stores delta in
+    ``grad_out``.
+    """
+    kind = _activation(activation, alpha)
+    X, W = _sparse_operands(X, W)
+    _, data, indices, indptr = X
+    n, n_out = X.shape[0], W.shape[1]
+    O = _contiguous(O, "O", W.dtype, (2,))
+    _check_shape(O, "O", (n, n_out), " (the layer's output)")
+    if overwrite_grad_out:
+        G = _output(grad_out, "grad_out", (n, n_out), W.dtype, W, O, data)
+        delta = G
+    else:
+        G = _contiguous(grad_out, "grad_out", W.dtype, (2,))
+        _check_shape(G, "grad_out", (n, n_out), " (the shape of O)")
+        delta = np.empty_like(G)
+    if out is None:
+        dW_out = db_out = None
+    elif isinstance(out, (tuple, list)) and len(out) == 2:
+        dW_out, db_out = out
+    else:
+        raise TypeError("out must be a pair (dW, db) of arrays (either may be None)")
+    inputs = (W, O, G, data)
+    dW = _output(dW_out, "out[0] (dW)", W.shape, W.dtype, *inputs)
+    db = _output(db_out, "out[1] (db)", (n_out,), W.dtype, *inputs, dW)
+    _kernels.sparse_dense_backward(data, indices, indptr, O, G, delta, dW, db, kind, alpha)
+    return dW, db
 
 
 # ---------------------------------------------------------------------------

@@ -36,6 +36,7 @@ import numpy as np
 from . import _kernels
 from . import functional as F
 from . import init as _init
+from .functional import _CSR
 
 __all__ = [
     "BinaryCrossEntropyWithLogits",
@@ -266,6 +267,12 @@ class Dense(Module):
     sigmoid and 6 otherwise (``fastnn.init.sklearn_uniform``).  Biases start
     at 0 (scikit-learn also draws them from U(-b, b); set ``bias.data`` to
     reproduce that).  ``alpha`` is the leaky_relu slope.
+
+    ``forward`` also takes a scipy.sparse X (CSR, or any format, converted
+    to CSR once): ``F.sparse_dense_forward``, and backward computes dW and
+    db by ``F.sparse_dense_backward``.  A sparse input has no gradient:
+    ``backward(need_input_grad=True)`` raises ValueError (``Sequential``
+    asks none of its first layer).
     """
 
     def __init__(self, n_in, n_out, activation="identity", *, alpha=0.01, init=None,
@@ -295,6 +302,8 @@ class Dense(Module):
         return [self.weight] if self.bias is None else [self.weight, self.bias]
 
     def forward(self, X):
+        if type(X) is not np.ndarray and F._is_sparse(X):
+            return self._sparse_forward(X)
         X = np.asarray(X)
         if X.ndim != 2 or X.shape[1] != self.n_in:
             raise ValueError(f"Dense(n_in={self.n_in}) expects X of shape (N, {self.n_in}), "
@@ -305,8 +314,27 @@ class Dense(Module):
         self._input, self._output = X, out
         return out
 
+    def _sparse_forward(self, X):
+        """forward for a scipy.sparse X: converted once to CSR of the layer
+        dtype (F._csr), which backward reuses."""
+        if X.ndim != 2 or X.shape[1] != self.n_in:
+            raise ValueError(f"Dense(n_in={self.n_in}) expects X of shape (N, {self.n_in}), "
+                             f"got {X.shape}")
+        X = F._csr(X, self.dtype)
+        out = self._buffer("output", (X.shape[0], self.n_out), self.dtype)
+        F.sparse_dense_forward(X, self.weight.data,
+                               None if self.bias is None else self.bias.data, self.activation,
+                               alpha=self.alpha, out=out)
+        self._input, self._output = X, out
+        return out
+
     def backward(self, grad, *, need_input_grad=True, overwrite_grad=False):
         O = self._require_forward()
+        sparse = type(self._input) is _CSR
+        if sparse and need_input_grad:
+            raise ValueError("Dense.backward: the input was scipy.sparse, which has no input "
+                             "gradient; call backward with need_input_grad=False (as "
+                             "Sequential does for its first layer)")
         grad = np.asarray(grad)
         _check_grad_shape(grad, O.shape, "Dense")
         # the kernel stores delta in its grad_out argument: give it a buffer
@@ -316,10 +344,15 @@ class Dense(Module):
         else:
             delta = self._buffer("delta", O.shape, self.dtype)
             np.copyto(delta, grad, casting="same_kind")
-        d_input = self._buffer("grad_input", self._input.shape, self.dtype) if need_input_grad else None
         # a bias-free layer still gets db from the kernel: send it to scratch
         d_bias = self.bias.grad if self.bias is not None else self._buffer("bias_grad", (self.n_out,),
                                                                            self.dtype)
+        if sparse:
+            F.sparse_dense_backward(self._input, self.weight.data, O, delta, self.activation,
+                                    alpha=self.alpha, out=(self.weight.grad, d_bias),
+                                    overwrite_grad_out=True)
+            return None
+        d_input = self._buffer("grad_input", self._input.shape, self.dtype) if need_input_grad else None
         F.dense_backward(self._input, self.weight.data, O, delta, self.activation, alpha=self.alpha,
                          need_input_grad=need_input_grad, out=(d_input, self.weight.grad, d_bias),
                          overwrite_grad_out=True)
@@ -685,8 +718,9 @@ def train_step(model, loss, optimizer, X, y, sample_weight=None):
     buffers are not filled.  With ``optim.SGD`` over exactly the model's
     parameters that call also takes the SGD step, each parameter updated
     as soon as its gradient is known (the same numbers as ``step()``
-    afterwards; the gradients stay in ``.grad``)."""
-    if _stacks(model, loss):
+    afterwards; the gradients stay in ``.grad``).  A scipy.sparse X goes
+    layer by layer (the first Dense layer takes it, ``Dense.forward``)."""
+    if _stacks(model, loss) and (type(X) is np.ndarray or not F._is_sparse(X)):
         return _dense_stack_step(model, loss, X, y, sample_weight, optimizer)
     value = forward_backward(model, loss, X, y, sample_weight)
     optimizer.step()
@@ -696,7 +730,7 @@ def train_step(model, loss, optimizer, X, y, sample_weight=None):
 def forward_backward(model, loss, X, y, sample_weight=None):
     """``train_step`` without the update: the parameters' ``.grad`` hold the
     batch's gradient afterwards; returns the batch loss."""
-    if _stacks(model, loss):
+    if _stacks(model, loss) and (type(X) is np.ndarray or not F._is_sparse(X)):
         return _dense_stack_step(model, loss, X, y, sample_weight)
     value = loss.forward(model.forward(X), y, sample_weight)
     model.backward(loss.backward(), need_input_grad=False)
@@ -796,6 +830,8 @@ def _model_dtype(model, X):
     params = model.parameters()
     if params:
         return params[0].dtype
+    if F._is_sparse(X):
+        return _FLOAT32 if X.dtype == _FLOAT32 else _FLOAT64
     return F._compute_dtype(np.asarray(X))
 
 
@@ -824,6 +860,23 @@ class _BatchGather:
             return out
         # mode="clip": the indices are valid, and "raise" would buffer the output
         return np.take(array, idx, axis=0, out=out, mode="clip")
+
+
+class _SparseBatchGather(_BatchGather):
+    """_BatchGather for a scipy.sparse CSR X (checked once, _checked_csr_matrix):
+    its rows gathered by scipy's compiled row indexing, O(nnz of the batch),
+    never densified; y and the weights as _BatchGather."""
+
+    def __init__(self, X, y, sample_weight, rows):
+        super().__init__(np.empty((0,)), y, sample_weight, rows)
+        self.X = X
+
+    def __call__(self, idx):
+        idx = np.ascontiguousarray(idx, dtype=np.int64)
+        n = len(idx)
+        (_, y, w), (_, by, bw) = self.arrays, self.buffers
+        return (self.X[idx], self._gather(y, idx, by[:n]),
+                None if w is None else self._gather(w, idx, bw[:n]))
 
 
 class _Callbacks:
@@ -894,6 +947,12 @@ def fit(model, loss, optimizer, X, y, *, epochs, batch_size, shuffle=True, rng=N
     int64.  The epoch loss is the (weighted) mean of the sample losses, each
     taken when its batch was trained on (as scikit-learn's ``loss_curve_``).
 
+    X may be scipy.sparse (for a model whose first layer is ``Dense``):
+    converted once to CSR of the model dtype (a copy when it is another
+    format or dtype), its structure and values checked once, each batch's
+    rows gathered from it by scipy's row indexing (O(nnz of the batch),
+    never densified); the steps then go layer by layer (``train_step``).
+
     ``callbacks``: objects with ``epoch_end(loss)`` (and optionally
     ``batch_end(n_samples)``), e.g. the learning-rate schedules of
     ``fastnn.optim``, or callables ``f(epoch, loss)``.  Training stops after
@@ -908,7 +967,8 @@ def fit(model, loss, optimizer, X, y, *, epochs, batch_size, shuffle=True, rng=N
     epochs = _check_size(epochs, "epochs")
     batch_size = _check_size(batch_size, "batch_size")
     dtype = _model_dtype(model, X)
-    X = np.ascontiguousarray(X, dtype=dtype)
+    sparse = F._is_sparse(X)
+    X = F._checked_csr_matrix(X, dtype) if sparse else np.ascontiguousarray(X, dtype=dtype)
     if X.ndim < 1 or X.shape[0] == 0:
         raise ValueError(f"X must hold at least one sample, got shape {X.shape}")
     n = X.shape[0]
@@ -931,7 +991,9 @@ def fit(model, loss, optimizer, X, y, *, epochs, batch_size, shuffle=True, rng=N
     batch_size = min(batch_size, n)
 
     order = _sample_order(order, n)
-    gather = _BatchGather(X, y, sample_weight, batch_size) if shuffle else None
+    gather = None
+    if shuffle:
+        gather = (_SparseBatchGather if sparse else _BatchGather)(X, y, sample_weight, batch_size)
 
     history = []
     with _training_mode(model):

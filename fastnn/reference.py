@@ -33,6 +33,8 @@ __all__ = [
     "activation_backward",
     "dense_forward",
     "dense_backward",
+    "sparse_dense_forward",
+    "sparse_dense_backward",
     "sgd_step",
     "adam_step",
     "logistic_loss_grad",
@@ -424,6 +426,30 @@ def dense_backward(A, W, O, grad_out, activation="identity", *, alpha=0.01,
         if dA is not None and out_dA is not None:
             dA = _finish(dA, out_dA)
     return dA, dW, db
+
+
+def _densify(X, dtype):
+    """A scipy.sparse X as a dense array of ``dtype`` (duplicates summed)."""
+    if not hasattr(X, "toarray"):
+        raise TypeError(f"X must be a scipy.sparse matrix or array, got {type(X).__name__}")
+    return np.asarray(X.toarray(), dtype=dtype)
+
+
+def sparse_dense_forward(X, W, b=None, activation="identity", *, alpha=0.01, out=None):
+    """dense_forward of the densified scipy.sparse X."""
+    W = _primary(W, "W")
+    return dense_forward(_densify(X, W.dtype), W, b, activation, alpha=alpha, out=out)
+
+
+def sparse_dense_backward(X, W, O, grad_out, activation="identity", *, alpha=0.01, out=None,
+                          overwrite_grad_out=False):
+    """(dW, db): dense_backward of the densified X, without the input gradient."""
+    W = _primary(W, "W")
+    _, dW, db = dense_backward(_densify(X, W.dtype), W, O, grad_out, activation, alpha=alpha,
+                               need_input_grad=False,
+                               out=None if out is None else (None, *out),
+                               overwrite_grad_out=overwrite_grad_out)
+    return dW, db
 
 
 # --------------------------------------------------------------------------

@@ -144,16 +144,12 @@ def dense_backward_plain(A, W, O, grad_out, out, bint need_input_grad, bint over
     return dA, dW, db
 
 
-cdef void _dense_backward_rows(const floating* A, const floating* W, const floating* O,
-                               const floating* G, floating* D, floating* dA, floating* dW,
-                               floating* db, Py_ssize_t n, Py_ssize_t n_in, Py_ssize_t n_out,
-                               int kind, floating alpha, double* partial,
-                               const SgdUpdate* update_w=NULL,
-                               const SgdUpdate* update_b=NULL) noexcept nogil:
-    """The body of dense_backward (dA may be NULL); ``partial`` holds
-    n_chunks x n_out doubles.  With ``update_w`` (and ``update_b`` where
-    there is a bias) SGD updates W (b) as soon as dW (db) is known: dA,
-    which reads W, comes first."""
+cdef void _delta_bias_grad(const floating* O, const floating* G, floating* D, floating* db,
+                           Py_ssize_t n, Py_ssize_t n_out, int kind, floating alpha,
+                           double* partial) noexcept nogil:
+    """D = G * f'(O) (D may be G) and db = the column sums of D, per fixed
+    row chunk into ``partial`` (n_chunks x n_out doubles) combined in chunk
+    order: the first half of every dense backward pass, sparse included."""
     cdef Py_ssize_t n_chunks = _n_chunks(n), ch, j
     cdef double s
     if _threaded(n * n_out, n_chunks):
@@ -169,6 +165,19 @@ cdef void _dense_backward_rows(const floating* A, const floating* W, const float
         for ch in range(n_chunks):
             s = s + partial[ch * n_out + j]
         db[j] = <floating>s
+
+
+cdef void _dense_backward_rows(const floating* A, const floating* W, const floating* O,
+                               const floating* G, floating* D, floating* dA, floating* dW,
+                               floating* db, Py_ssize_t n, Py_ssize_t n_in, Py_ssize_t n_out,
+                               int kind, floating alpha, double* partial,
+                               const SgdUpdate* update_w=NULL,
+                               const SgdUpdate* update_b=NULL) noexcept nogil:
+    """The body of dense_backward (dA may be NULL); ``partial`` holds
+    n_chunks x n_out doubles.  With ``update_w`` (and ``update_b`` where
+    there is a bias) SGD updates W (b) as soon as dW (db) is known: dA,
+    which reads W, comes first."""
+    _delta_bias_grad(O, G, D, db, n, n_out, kind, alpha, partial)
     if update_b != NULL:
         _sgd_apply(update_b, db, 0, n_out)
     if dA == NULL or update_w != NULL:      # dW alone, or after dA (which reads W)
