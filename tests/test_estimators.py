@@ -44,8 +44,9 @@ def _quiet_convergence():
 # check_sample_weight_equivalence_on_dense_data compares fits at rtol=1e-7,
 # which float32 arithmetic cannot meet: it runs below on float64 (dtype=None)
 # with the solvers scikit-learn runs it with on its own MLPs.
-_FLOAT32_WEIGHTS = {"check_sample_weight_equivalence_on_dense_data":
-                    "float32 results cannot meet its rtol=1e-7 (test_sample_weight_equivalence)"}
+_FLOAT32_WEIGHTS = {f"check_sample_weight_equivalence_on_{kind}_data":
+                    "float32 results cannot meet its rtol=1e-7 (test_sample_weight_equivalence)"
+                    for kind in ("dense", "sparse")}
 
 
 @pytest.mark.parametrize("estimator, expected_failures", [
@@ -68,12 +69,14 @@ def test_check_estimator(estimator, expected_failures):
     MLPRegressor(solver="lbfgs", max_iter=100, dtype=None, n_threads=1),
     LogisticRegression(n_threads=1, dtype=np.float64, tol=1e-10, max_iter=5000),
 ], ids=lambda e: f"{type(e).__name__}-{e.solver}")
-def test_sample_weight_equivalence(estimator):
+@pytest.mark.parametrize("kind", ["dense", "sparse"])
+def test_sample_weight_equivalence(estimator, kind):
     """An integer weight is the sample repeated, a zero weight the sample
-    removed (scikit-learn's check, at its rtol=1e-7)."""
+    removed (scikit-learn's checks, at their rtol=1e-7)."""
     _sklearn()
-    from sklearn.utils.estimator_checks import check_sample_weight_equivalence_on_dense_data
-    check_sample_weight_equivalence_on_dense_data(type(estimator).__name__, estimator)
+    from sklearn.utils import estimator_checks
+    check = getattr(estimator_checks, f"check_sample_weight_equivalence_on_{kind}_data")
+    check(type(estimator).__name__, estimator)
 
 
 # ---------------------------------------------------------------------------
@@ -381,6 +384,68 @@ def test_zero_weight_batches_are_skipped():
     assert np.isfinite(model.loss_curve_).all()
     for a, b in zip(model.coefs_ + model.intercepts_, ref.coefs_ + ref.intercepts_):
         np.testing.assert_array_equal(a, b)
+
+
+def _sparse_blobs(n=120, d=40, k=3, seed=0):
+    """A sparse classification problem (about 8 non-zeros a row)."""
+    import scipy.sparse as sp
+    rng = np.random.default_rng(seed)
+    y = np.arange(n) % k
+    X = sp.random(n, d, density=0.2, random_state=seed, format="csr") * 2.0
+    X = X + sp.csr_matrix((np.ones(n), (np.arange(n), y * 3)), shape=(n, d))  # class signal
+    return sp.csr_matrix(X), y
+
+
+@pytest.mark.parametrize("cls, solver", [
+    (MLPClassifier, "adam"), (MLPClassifier, "lbfgs"), (MLPRegressor, "adam"),
+    (MLPRegressor, "lbfgs"), (LogisticRegression, "gd"), (LogisticRegression, "sgd")],
+    ids=lambda v: v if isinstance(v, str) else v.__name__)
+def test_sparse_X_equals_dense_X(cls, solver):
+    """CSR, CSC, sparse matrices and arrays: the same fit, predictions and
+    scores as X.toarray() (in float64, to rounding)."""
+    import scipy.sparse as sp
+    X, y = _sparse_blobs()
+    target = X.toarray() @ np.arange(X.shape[1]) / X.shape[1] if cls is MLPRegressor else y
+    w = np.linspace(0.5, 2.0, X.shape[0])
+    if cls is LogisticRegression:
+        kw = dict(solver=solver, dtype=np.float64, max_iter=50, random_state=0)
+    else:
+        kw = dict(hidden_layer_sizes=(7,), solver=solver, max_iter=30, random_state=0,
+                  dtype=None, n_threads=1)
+    dense = cls(**kw).fit(X.toarray(), target, sample_weight=w)
+    for fmt in (sp.csr_matrix, sp.csc_matrix, sp.csr_array):
+        model = cls(**kw).fit(fmt(X), target, sample_weight=w)
+        np.testing.assert_allclose(_predictions(model, fmt(X)), _predictions(dense, X.toarray()),
+                                   rtol=1e-7, atol=1e-9)
+        np.testing.assert_allclose(_predictions(model, X.toarray()),
+                                   _predictions(model, fmt(X)), rtol=1e-10, atol=1e-12)
+        assert np.isclose(model.score(fmt(X), target), dense.score(X.toarray(), target))
+    if hasattr(dense, "partial_fit"):
+        np.testing.assert_allclose(
+            _predictions(cls(**kw).partial_fit(X, target, **(
+                {"classes": np.unique(y)} if cls is MLPClassifier else {})), X),
+            _predictions(cls(**kw).partial_fit(X.toarray(), target, **(
+                {"classes": np.unique(y)} if cls is MLPClassifier else {})), X.toarray()),
+            rtol=1e-7, atol=1e-9)
+
+
+def test_sparse_fit_never_densifies():
+    """A fit on a 20000 x 50000 CSR matrix (4 GB dense in float32) allocates
+    O(nnz + batch x width): far below the dense size."""
+    import tracemalloc
+    import scipy.sparse as sp
+    rng = np.random.default_rng(0)
+    n, d, per_row = 20000, 50000, 20
+    cols = rng.integers(0, d, n * per_row)
+    X = sp.csr_matrix((rng.random(n * per_row), (np.repeat(np.arange(n), per_row), cols)),
+                      shape=(n, d))
+    y = cols[::per_row] % 5
+    tracemalloc.start()
+    MLPClassifier(hidden_layer_sizes=(16,), max_iter=1, random_state=0).fit(X, y)
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    weights = d * 16 * 4 * 4  # W and its gradient, Adam's two moments, float32
+    assert peak < 3 * (X.data.nbytes + X.indices.nbytes) + 2 * weights + (32 << 20), peak
 
 
 # ---------------------------------------------------------------------------

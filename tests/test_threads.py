@@ -207,7 +207,7 @@ def test_parallel_regions_really_run_in_parallel():
 
 def test_team_round_trip_probe():
     # fastnn bench's measure of how far apart the cores are
-    seconds = _kernels.team_round_trip(500, 1.0)
+    seconds = _kernels.team_round_trip(500, 10.0)  # (a loaded machine is slow)
     if not fastnn.build_info()["openmp"]:
         assert seconds is None
     elif len(os.sched_getaffinity(0)) >= 2:

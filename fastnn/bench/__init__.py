@@ -52,18 +52,18 @@ def _thread_list(text):
     return threads
 
 
-def _names(choices):
+def _names(choices, what):
     def parse(text):
         names = [w.strip() for w in text.split(",") if w.strip()]
         unknown = sorted(set(names) - set(choices))
         if not names or unknown:
             raise argparse.ArgumentTypeError(
-                f"unknown names {unknown or text!r}; choose from {', '.join(choices)}")
+                f"unknown {what} {unknown or text!r}; choose from {', '.join(choices)}")
         return [w for w in choices if w in names]
     return parse
 
 
-_workload_list = _names(WORKLOADS)
+_workload_list = _names(WORKLOADS, "workloads")
 
 
 def _positive_int(text):
@@ -86,7 +86,7 @@ def add_arguments(parser):
                         help="comma-separated thread counts (default: 1 and all usable cores)")
     parser.add_argument("--workloads", type=_workload_list, default=list(WORKLOADS),
                         metavar="LIST", help=f"comma-separated subset of {', '.join(WORKLOADS)}")
-    parser.add_argument("--fits", type=_names(FITS), default=list(FITS), metavar="LIST",
+    parser.add_argument("--fits", type=_names(FITS, "fits"), default=list(FITS), metavar="LIST",
                         help=f"estimator fits against scikit-learn, a subset of "
                              f"{', '.join(FITS)} (default: both)")
     parser.add_argument("--no-fits", action="store_true",

@@ -450,10 +450,13 @@ class _BaseMLP(BaseEstimator):
         if theta is not None:
             objective(theta)  # the parameters (and loss_) of the solution
         if status not in (0, 99):  # 99: a callback asked to stop
+            hint = ("Increase the number of iterations (max_iter={}) or max_fun (max_fun={}), "
+                    "or scale the data.".format(self.max_iter, self.max_fun))
+            if status == 2 and X.dtype == np.float32:  # the line search hit float32 rounding
+                hint = ("In float32 the objective is flat below its rounding error: "
+                        "dtype=np.float64 (or dtype=None with float64 X) reaches a smaller tol.")
             warnings.warn(f"lbfgs failed to converge after {n_iter} iteration(s) "
-                          f"(status={status}): {message}. Increase the number of iterations "
-                          f"(max_iter={self.max_iter}) or max_fun (max_fun={self.max_fun}), "
-                          "or scale the data.", ConvergenceWarning)
+                          f"(status={status}): {message}. {hint}", ConvergenceWarning)
         self.n_iter_ = min(n_iter, self.max_iter)
         self.loss_ = self._lbfgs_loss(objective)
 

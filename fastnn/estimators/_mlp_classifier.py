@@ -15,21 +15,28 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
 
     Softmax output and cross-entropy for more than two classes, one logistic
     output for two (as scikit-learn), independent logistic outputs for a
-    multilabel indicator ``y``.  Parameters as in
-    ``sklearn.neural_network.MLPClassifier`` (solver "lbfgs" excepted), plus:
+    multilabel indicator ``y``.  Parameters, solvers ("adam", "sgd",
+    "lbfgs"), ``sample_weight`` and sparse ``X`` (CSR/CSC; the first layer
+    runs the compiled sparse product, X is never densified) as in
+    ``sklearn.neural_network.MLPClassifier``; a seed (None, an int, a
+    RandomState) draws scikit-learn's initial weights, epoch orders and
+    validation split.  Plus:
 
     activation : also "leaky_relu" (slope 0.01).
     l1 : float, default 0.  L1 penalty with alpha's batch convention
         (l1/m·Σ|W| per batch of m samples; weights clipped at zero).
     dropout : float in [0, 1), default 0.  Inverted dropout after each hidden layer.
-    dtype : float32 (default) or float64, the dtype of the weights and computations.
+    dtype : float32 (default), float64, or None (follow X, as scikit-learn: float32
+        X stays float32, anything else computes in float64); the dtype of the
+        weights and computations.
     n_threads : int or None.  Threads for fit/predict (None: fastnn's current setting).
     validation_data : (X_val, y_val) or None.  A validation set scored after every
         epoch (``validation_scores_``); with ``early_stopping=True`` it replaces the
         split-off ``validation_fraction``.
-    callbacks : list of callables ``f(estimator, logs)`` called after every epoch with
-        logs = {"epoch", "loss", "validation_score", "learning_rate",
-        "samples_per_second"}; a True return value stops training.
+    callbacks : list of callables ``f(estimator, logs)`` called after every epoch (every
+        iteration with lbfgs) with logs = {"epoch", "loss", "validation_score",
+        "learning_rate", "samples_per_second"} (None where a solver has no such
+        value); a True return value stops training.
     comm : an mpi4py communicator (e.g. ``MPI.COMM_WORLD``) or None.  Data-parallel
         training (:mod:`fastnn.distributed`): call ``fit`` on every rank with the same
         X and y; each rank computes its part of every minibatch, the gradients are
