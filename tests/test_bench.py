@@ -205,3 +205,25 @@ def test_report_ends_with_the_stolen_cpu_time_where_linux_reports_it(capsys):
     assert last.startswith("Total time")
     if os.path.exists("/proc/stat"):
         assert re.search(r"CPU time stolen by the hypervisor during the run: \d+\.\d%", last)
+
+
+def test_estimator_fits_against_scikit_learn(capsys):
+    pytest.importorskip("sklearn", reason="the fits compare with scikit-learn")
+    args = [a for a in SMALL if a != "--no-fits"] + ["--fits", "mlp_lbfgs,mlp_sparse"]
+    assert cli.main(args) == 0
+    out = capsys.readouterr().out
+    rows = _table(_tables(out), "Estimator fits")
+    assert [row["fit"] for row in rows] == ["mlp_lbfgs", "mlp_sparse"]
+    for row in rows:
+        assert _ratio(row["sklearn/fastnn"]) > 0
+        assert re.fullmatch(r"\d+\.\d\d%", row["fastnn accuracy"]), row
+        assert row["fastnn peak memory"].endswith("MiB")
+    assert "CSR" in rows[1]["data and parameters"]
+
+
+def test_fits_option_parses():
+    parser = fastnn.bench.add_arguments(__import__("argparse").ArgumentParser())
+    assert parser.parse_args([]).fits == ["mlp_lbfgs", "mlp_sparse"]
+    assert parser.parse_args(["--fits", "mlp_sparse"]).fits == ["mlp_sparse"]
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--fits", "svm"])
