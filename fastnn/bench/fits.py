@@ -36,7 +36,7 @@ class Sparse(NamedTuple):
 
 # profile -> (lbfgs max_iter, lbfgs training rows or None for all, Sparse)
 SIZES = {
-    "full": (200, None, Sparse(20000, 50000, 110, 20, 10)),
+    "full": (200, None, Sparse(20000, 50000, 110, 20, 5)),
     "quick": (100, None, Sparse(8000, 50000, 110, 20, 3)),
     "smoke": (5, 300, Sparse(300, 2000, 30, 5, 1)),
 }
