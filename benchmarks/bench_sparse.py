@@ -4,7 +4,7 @@ products and torch.sparse.mm (a peer only, when installed).
 
 Shapes: a minibatch of 200 x 50000 with 60 non-zeros a row (random columns),
 W 50000 x 100 float32 ("batch"), and the forward of the whole 20000 x 50000
-set ("full").  The backward peers get X^T prepared outside the timing
+set ("full", and its backward).  The backward peers get X^T prepared outside the timing
 (SciPy's X.T is a free CSC view; PyTorch's CSR transpose is built once);
 fastnn transposes inside its call.  fastnn's backward also fills db.
 
@@ -29,7 +29,7 @@ except ImportError:   # an optional peer
     torch = None
 
 N_FEATURES, NNZ_PER_ROW, N_OUT = 50000, 60, 100
-CASES = {"forward batch": 200, "backward batch": 200, "forward full": 20000}
+CASES = {"forward batch": 200, "backward batch": 200, "forward full": 20000, "backward full": 20000}
 PEERS = ("fastnn", "scipy", "torch")
 
 
@@ -124,7 +124,7 @@ def interleaved(rounds=30):
             with W.threads(n):
                 for c in calls.values():
                     c()
-                for _ in range(rounds if case != "forward full" else max(rounds // 3, 5)):
+                for _ in range(rounds if "full" not in case else max(rounds // 3, 5)):
                     for p, c in calls.items():
                         t = time.perf_counter()
                         c()

@@ -473,19 +473,19 @@ def _checked_csr_matrix(X, dtype, name="X"):
 
 
 def _sparse_weights(W):
-    """W (n_in, n_out): a float32 or float64 array; its dtype is the layer's."""
-    W = _array(W, "W")
-    if W.dtype not in (_FLOAT32, _FLOAT64):
-        raise TypeError(f"W must be a float32 or float64 array (its dtype is the computation's), "
-                        f"got dtype {W.dtype}")
+    """W (n_in, n_out): a float32 or float64 ndarray; its dtype is the layer's."""
+    if not isinstance(W, np.ndarray) or W.dtype not in (_FLOAT32, _FLOAT64):
+        got = f"dtype {W.dtype}" if isinstance(W, np.ndarray) else type(W).__name__
+        raise TypeError(f"W must be a float32 or float64 numpy.ndarray (its dtype is the "
+                        f"computation's), got {got}")
     return _contiguous(W, "W", W.dtype, (2,))
 
 
 def _same_dtype(x, name, dtype, ndims):
     """A secondary array that must already have W's dtype (no silent cast)."""
-    x = _array(x, name)
-    if x.dtype != dtype:
-        raise TypeError(f"{name} must have the dtype of W ({dtype}), got {x.dtype}")
+    if not isinstance(x, np.ndarray) or x.dtype != dtype:
+        got = f"dtype {x.dtype}" if isinstance(x, np.ndarray) else type(x).__name__
+        raise TypeError(f"{name} must have the dtype of W ({dtype}), got {got}")
     return _contiguous(x, name, dtype, ndims)
 
 

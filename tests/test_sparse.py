@@ -219,6 +219,26 @@ def test_large(rng, dtype):
                           X, W, O, G, "relu", dtype)
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_many_feature_buckets(rng, dtype):
+    # n_out 1: the weight gradient's buckets of features (a fixed number of
+    # bytes of dW each) hold 64-128 Ki features; 300001 leaves a remainder
+    n_in = 300001
+    X = sparse_input(rng, 30, n_in, 2e-4, dtype, empty_rows=False)
+    X = sp.vstack([X, sp.csr_matrix(([1.5, -0.5], ([0, 0], [0, n_in - 1])), shape=(1, n_in),
+                                    dtype=dtype)]).tocsr()
+    W, b = layer(rng, n_in, 1, dtype)
+    O = functional.sparse_dense_forward(X, W, b, "sigmoid")
+    G = randn(rng, O.shape, dtype)
+    dW, db = functional.sparse_dense_backward(X, W, O, G, "sigmoid",
+                                              out=(nan_buffer(W.shape, dtype), None))
+    delta = (G * O * (1 - O)).astype(np.float64)
+    expected = np.asarray(X.astype(np.float64).T @ delta)     # scipy, never densified
+    assert_close_accumulated(dW, expected, np.abs(X.astype(np.float64)).T @ np.abs(delta),
+                             X.shape[0], dtype)
+    assert np.count_nonzero(dW) <= X.nnz
+
+
 @pytest.mark.parametrize("name", ACTIVATIONS)
 def test_overwrite_grad_out(rng, name):
     X = sparse_input(rng, 20, 30, 0.2, np.float64)
@@ -307,7 +327,9 @@ def test_forward_argument_errors(rng):
         (TypeError, "^W must be a float32 or float64", lambda: f(X, W.astype(np.int64), b)),
         (TypeError, "^W must be a float32 or float64", lambda: f(X, W.astype(np.float16), b)),
         (ValueError, "^W must be 2-D", lambda: f(X, W[:, 0], b)),
+        (TypeError, "^W must be a float32 or float64", lambda: f(X, W.tolist(), b)),
         (TypeError, "^b must have the dtype of W", lambda: f(X, W, b.astype(np.float64))),
+        (TypeError, "^b must have the dtype of W", lambda: f(X, W, b.tolist())),
         (ValueError, "^b must have shape", lambda: f(X, W, b[:3])),
         (TypeError, "^out must have dtype", lambda: f(X, W, b, out=np.empty((10, 4)))),
         (ValueError, "^out must have shape", lambda: f(X, W, b, out=np.empty((10, 5), np.float32))),

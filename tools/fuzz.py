@@ -115,6 +115,32 @@ class Gen:
     def sample_weight(self, n):
         return None if self.chance(0.6) else self.array((n,), unit=True)
 
+    def sparse(self, shape):
+        """A scipy.sparse matrix or array of ``shape`` (sometimes another
+        one), any format and value dtype, int32 or int64 indices, sometimes
+        with a corrupted structure (the kernels must refuse it); or, now and
+        then, a dense array (which the sparse functions refuse)."""
+        import scipy.sparse as sp
+
+        x = self.array(shape)
+        if self.chance(0.1):
+            return x
+        try:
+            X = self.pick([sp.csr_matrix, sp.csr_array, sp.csc_matrix, sp.coo_matrix])(
+                np.where(self.rng.random(np.shape(x)) < 0.7, 0, x))
+        except Exception:   # noqa: BLE001 - junk that scipy refuses: pass it on as is
+            return x
+        if X.format != "csr" or X.nnz == 0:
+            return X
+        index = self.pick([np.int32, np.int64])
+        X.indices, X.indptr = X.indices.astype(index), X.indptr.astype(index)
+        if self.chance(0.2):
+            which = self.pick(["indices", "indptr"])
+            arr = getattr(X, which)
+            arr[self.rng.integers(len(arr))] = self.pick([-1, 10 ** 6, X.shape[-1], -(2 ** 31),
+                                                         len(X.data) + 1])
+        return X
+
     def labels(self, n, c):
         if self.chance(0.5):
             return self.array((n, c), unit=True)
@@ -180,6 +206,18 @@ def _functional_calls(F):
             alpha=g.scalar([0.01]), need_input_grad=g.pick([True, False, 0, "yes"]), out=out,
             overwrite_grad_out=g.chance(0.3))
 
+    def sparse_dense(g):
+        n, i, o = g.dim(), g.dim(), g.dim()
+        X = g.sparse((n, i))
+        W, b = g.array((i, o)), None if g.chance(0.3) else g.array((o,))
+        if g.chance(0.5):
+            return F.sparse_dense_forward, (X, W, b, g.pick(NAMES)), dict(
+                alpha=g.scalar([0.01]), out=g.out((n, o)))
+        out = None if g.chance(0.6) else (g.out((i, o)), g.out((o,)))
+        return F.sparse_dense_backward, (X, W, g.array((n, o)), g.array((n, o)),
+                                         g.pick(NAMES)), dict(
+            alpha=g.scalar([0.01]), out=out, overwrite_grad_out=g.chance(0.3))
+
     def logistic(g):
         n, d = g.dim(), g.dim()
         return F.logistic_loss_grad, (g.array((n, d)), g.array((d,)), g.scalar([0.0, 1.5, -2]),
@@ -205,7 +243,7 @@ def _functional_calls(F):
                  l1=g.scalar([0.0, 1e-4]), weight_decay=g.scalar([0.0, 0.01]))
 
     return [softmax, activation_forward, activation_backward, losses, losses, dense_forward,
-            dense_backward, logistic, sgd, adam]
+            dense_backward, sparse_dense, logistic, sgd, adam]
 
 
 def _nn_calls(nn, optim):
