@@ -10,6 +10,7 @@ import warnings
 
 import numpy as np
 import scipy.sparse
+from threadpoolctl import threadpool_limits
 
 from .._checks import check_real
 from .. import functional as F
@@ -436,7 +437,10 @@ class _BaseMLP(BaseEstimator):
         theta = objective.pack()
         status, message = 0, ""
         try:
-            with warnings.catch_warnings():
+            # L-BFGS-B's vector updates on one BLAS thread: BLAS threads left
+            # spinning between evaluations took the cores from fastnn's team
+            # (measured: 3.1 s -> 0.38 s for 200 iterations on digits, 2 cores)
+            with warnings.catch_warnings(), threadpool_limits(limits=1, user_api="blas"):
                 # an overflow in the objective shows as a non-finite loss instead
                 warnings.simplefilter("ignore", RuntimeWarning)
                 result = scipy.optimize.minimize(
