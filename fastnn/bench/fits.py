@@ -55,7 +55,7 @@ def digits(rows=None):
 
 def tfidf_like(size, seed=0):
     """A synthetic TF-IDF matrix (CSR, float64, rows of unit norm) and labels:
-    each document draws a tenth of its words from its topic's vocabulary
+    each document draws a twentieth of its words from its topic's vocabulary
     (d / (2·classes) words) and the rest Zipf-distributed (exponent 1.1) from
     all d; term counts 1 + Poisson(0.5), weighted by the smoothed idf.
     Returns (X_train, y_train, X_test, y_test)."""
@@ -64,7 +64,7 @@ def tfidf_like(size, seed=0):
     n, d, k, c = size.n, size.d, size.words, size.classes
     y = rng.integers(0, c, n)
     topics = rng.permuted(np.tile(np.arange(d), (c, 1)), axis=1)[:, :max(1, d // (2 * c))]
-    n_topic = max(1, k // 10)
+    n_topic = max(1, k // 20)
     topic_words = topics[y[:, None], rng.integers(0, topics.shape[1], (n, n_topic))]
     ranks = np.minimum(rng.zipf(1.1, (n, k - n_topic)) - 1, d - 1)
     common = rng.permutation(d)[ranks]          # the Zipf ranks as random word ids
