@@ -248,7 +248,7 @@ FASTNN_DEFINE_MAX(fastnn_max_d, double)
  * independent sums keep the FMA units busy, and each load of w serves four
  * rows. */
 #define FASTNN_DEFINE_MATVEC(name, type)                                   \
-    static void name(const type *X, ptrdiff_t d, const type *w, double b,  \
+    static inline void name(const type *X, ptrdiff_t d, const type *w, double b,  \
                      ptrdiff_t n, type *z)                                 \
     {                                                                      \
         ptrdiff_t i = 0;                                                   \
@@ -286,7 +286,7 @@ FASTNN_DEFINE_MATVEC(fastnn_matvec_d, double)
  * n_ahead rows at `ahead` (the next ones the caller will read) are
  * prefetched along the way, so that memory keeps streaming meanwhile. */
 #define FASTNN_DEFINE_VECMAT(name, type)                                   \
-    static void name(const type *X, ptrdiff_t d, const type *r, ptrdiff_t n, \
+    static inline void name(const type *X, ptrdiff_t d, const type *r, ptrdiff_t n, \
                      type *g, const type *ahead, ptrdiff_t n_ahead)        \
     {                                                                      \
         const char *next = (const char *)ahead;                            \
@@ -315,45 +315,6 @@ FASTNN_DEFINE_MATVEC(fastnn_matvec_d, double)
     }
 FASTNN_DEFINE_VECMAT(fastnn_vecmat_f, float)
 FASTNN_DEFINE_VECMAT(fastnn_vecmat_d, double)
-
-/* Logistic loss and residual of n <= 1000 rows from their logits z, float32:
- * r[i] = w_i (sigmoid(z_i) - t_i), and returns (in double)
- * sum_i w_i (max(z_i, 0) - t_i z_i + log1p(exp(-|z_i|))); sw NULL: w_i = 1;
- * e is scratch for n floats.  The exp is fastnn_expf_nonpositive, vectorised
- * over the rows.  With q = e / (1 + e), sigmoid - t is (1 - t) - q for z >= 0 and
- * q - t below: no cancellation where sigmoid rounds to 1.  Unweighted, the
- * log1p terms are summed as the log of the product of the factors 1 + e
- * (each in (1, 2], so n <= 1000 of them cannot overflow; one log per call
- * instead of one log1p per row; exact factors for a float e >= 2^-29).  Terms
- * with e < 2^-20, which the product's rounding (about 2^-53 per factor) would
- * swamp relative to their size, add e - e^2/2 instead (log1p to 2^-40). */
-static double fastnn_logistic_rows_f(const float *z, const float *t, const float *sw,
-                                     float *r, float *e, ptrdiff_t n)
-{
-    const float TINY = 0x1p-20f;
-#pragma omp simd
-    for (ptrdiff_t i = 0; i < n; i++)
-        e[i] = fastnn_expf_nonpositive(-fabsf(z[i]));
-    double linear = 0, product = 1, tiny_sum = 0;
-#pragma omp simd reduction(+:linear, tiny_sum) reduction(*:product)
-    for (ptrdiff_t i = 0; i < n; i++) {
-        float zi = z[i], ti = t[i], ei = e[i];
-        float q = ei / (1.0f + ei);
-        r[i] = zi >= 0 ? (1.0f - ti) - q : q - ti;
-        linear += (double)(zi > 0 ? zi : 0.0f) - (double)ti * zi;
-        product *= ei >= TINY ? 1.0 + ei : 1.0;
-        tiny_sum += ei < TINY ? (double)ei - 0.5 * (double)ei * ei : 0.0;
-    }
-    if (sw == NULL)
-        return linear + (log(product) + tiny_sum);
-    double total = 0;           /* weighted: one libm log1p per row */
-    for (ptrdiff_t i = 0; i < n; i++) {
-        double lin = (double)(z[i] > 0 ? z[i] : 0.0f) - (double)t[i] * z[i];
-        r[i] *= sw[i];
-        total += (double)sw[i] * (lin + log1p((double)e[i]));
-    }
-    return total;
-}
 
 /* The block's rows' losses w_i (log s_i - y.z_i) into L (unless NULL; sw
  * NULL: w_i = 1); returns their sum. */

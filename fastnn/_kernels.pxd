@@ -26,8 +26,12 @@ cdef extern from "fastnn_simd.h" nogil:
     double fastnn_xent_labels_small_f(const float* Z, const int64_t* labels, const float* sw,
                                       float* G, float* L, Py_ssize_t n, Py_ssize_t c,
                                       double scale, double smoothing)
-    double fastnn_logistic_rows_f(const float* z, const float* t, const float* sw, float* r,
-                                  float* e, Py_ssize_t n)
+
+cdef extern from "fastnn_logistic.h" nogil:
+    double fastnn_logistic_block_f(const float* X, Py_ssize_t d, const float* w, double b,
+                                   const float* T, const float* sw, Py_ssize_t n, float* g,
+                                   double* gb, const float* ahead, Py_ssize_t n_ahead)
+    void fastnn_log1p_unit_kernel_f(const float* x, float* out, Py_ssize_t n)
 
 # Loss codes: pointwise_loss's ``which`` (functional.py passes 0, 1 and 3) and
 # dense_stack_step's ``loss``.

@@ -88,3 +88,42 @@ def test_exp_entry_points_refuse_a_short_out():
                  lambda out: _kernels.exp_shifted_f32(x, out, 0.0)):
         with pytest.raises(ValueError, match="out must hold"):
             call(np.empty(4, np.float32))
+
+
+# ---------------------------------------------------------------------------
+# the float32 log1p of the logistic kernel: log1p(e) for e = exp(-|z|) in [0, 1]
+# ---------------------------------------------------------------------------
+def _log1p_unit_f32(x):
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    out = np.full_like(x, np.nan)
+    _kernels.log1p_unit_f32(x, out)
+    return out
+
+
+def test_log1p_unit_within_two_ulp_over_all_of_its_domain():
+    # a dense sweep of [0, 1], and every binade from 1 down to the smallest
+    # subnormal (log1p(e) ~ e there: relative accuracy, not just absolute)
+    dense = np.linspace(0.0, 1.0, 2_000_003, dtype=np.float32)
+    binades = np.ldexp(np.float32(1) + np.linspace(0, 1, 257, dtype=np.float32)[:-1, None],
+                       -np.arange(1, 150)[None, :]).astype(np.float32).ravel()
+    x = np.concatenate([dense, binades[binades > 0], [np.float32(1.0)]])
+    exact = np.log1p(x.astype(np.float64))
+    ulp = np.spacing(exact.astype(np.float32)).astype(np.float64)
+    err_ulp = np.abs(_log1p_unit_f32(x) - exact) / ulp
+    assert err_ulp.max() <= 2.0, f"max error {err_ulp.max():.2f} ulp at x={x[err_ulp.argmax()]}"
+
+
+def test_log1p_unit_special_values_and_every_length():
+    got = _log1p_unit_f32([0.0, -0.0, np.nan, 1.0, 1e-45, 2.0 ** -25, 2.0 ** -24])
+    assert got[0] == 0.0 and got[1] == 0.0 and np.isnan(got[2])
+    assert got[3] == np.float32(np.log(2.0))
+    assert got[4] == np.float32(1e-45)             # subnormal in, itself out
+    assert got[5] == np.float32(2.0 ** -25)
+    assert abs(got[6] - np.log1p(2.0 ** -24)) <= np.spacing(np.float32(2.0 ** -24))
+    rng = np.random.default_rng(0)
+    for c in range(0, 40):                          # every tail of a vector loop
+        x = rng.uniform(0, 1, c).astype(np.float32)
+        buffer = np.full(c + 20, np.nan, np.float32)
+        _kernels.log1p_unit_f32(x, buffer[:c])
+        np.testing.assert_allclose(buffer[:c], np.log1p(x.astype(np.float64)), rtol=3e-7, atol=0)
+        assert np.isnan(buffer[c:]).all(), f"c={c}: wrote past the end"

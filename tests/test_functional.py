@@ -996,6 +996,89 @@ def test_logistic_large_margins_keep_relative_accuracy(rng, dtype, margins, corr
     assert abs(got_w[0] - (s * r) @ z / s.sum()) <= rtol * (s @ np.abs(r * z) / s.sum())
 
 
+# Every remainder of the float32 kernel's blocking: 16-row groups, 128-row
+# chunks, 16-column vectors, column blocks of 8 x 16 (and 1-4 vectors, where
+# rows alternate between sets of accumulators).
+LOGISTIC_ROWS = (1, 2, 15, 16, 17, 127, 128, 129, 255, 257)
+LOGISTIC_COLS = (1, 7, 15, 16, 17, 31, 33, 64, 65, 127, 128, 129, 143, 257)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("n", LOGISTIC_ROWS)
+def test_logistic_every_blocking_remainder(rng, dtype, n):
+    for d in LOGISTIC_COLS:
+        X, w, b, t = logistic_data(rng, n, d, dtype)
+        w = w * 3                                    # logits of a few units: both signs
+        t = rng.uniform(size=n).astype(dtype)        # fractional targets
+        for sw in (None, weights_or_none(rng, n, True)):
+            got = functional.logistic_loss_grad(X, w, b, t, sample_weight=sw,
+                                                out=nan_buffer((d,), dtype))
+            assert_logistic_close(got, X, w, b, t, sw, dtype)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("n", (100003,))
+def test_logistic_many_chunks(rng, dtype, n):
+    X, w, b, t = logistic_data(rng, n, 33, dtype)
+    t[::3] = rng.uniform(size=len(t[::3]))
+    sw = weights_or_none(rng, n, True)
+    for weights in (None, sw):
+        got = functional.logistic_loss_grad(X, w * 2, b, t, sample_weight=weights)
+        assert_logistic_close(got, X, w * 2, b, t, weights, dtype)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("weighted", (False, True))
+def test_logistic_extreme_logits_and_fractional_targets(rng, dtype, weighted):
+    # z = x exactly (w = 1, b = 0) at +-100, +-1e4, +-88 (exp(-|z|) subnormal
+    # in float32), 0 and small values, each row with t in {0, 1, fractions}:
+    # loss and gradient against the float64 formulas (the float32 reference
+    # itself rounds sigmoid to 1 there).
+    zs = np.array([0.0, -0.0, 1e-8, -1e-8, 0.5, -0.5, 20, -20, 88, -88, 100, -100,
+                   1e4, -1e4])
+    ts = np.array([0.0, 1.0, 0.5, 0.25, 0.999])
+    z = np.repeat(zs, len(ts)).astype(dtype)
+    t = np.tile(ts, len(zs)).astype(dtype)
+    X = z[:, None]
+    n = len(z)
+    sw = weights_or_none(rng, n, weighted)
+    s = np.ones(n) if sw is None else sw
+    z64, t64 = z.astype(np.float64), t.astype(np.float64)
+    e = np.exp(-np.abs(z64))
+    loss = np.maximum(z64, 0) - t64 * z64 + np.log1p(e)
+    q = e / (1 + e)
+    r = np.where(z64 >= 0, (1 - t64) - q, q - t64)
+    got_loss, got_w, got_b = functional.logistic_loss_grad(X, np.ones(1, dtype), 0.0, t,
+                                                           sample_weight=sw)
+    rtol = 1e-5 if dtype == np.float32 else 1e-12
+    np.testing.assert_allclose(got_loss, s @ loss / s.sum(), rtol=rtol, atol=0)
+    assert abs(got_b - s @ r / s.sum()) <= rtol * (s @ np.abs(r) / s.sum())
+    assert abs(got_w[0] - (s * r) @ z64 / s.sum()) <= rtol * (s @ np.abs(r * z64) / s.sum())
+    # one row at a time too: each loss and residual on its own (the residual,
+    # at most 1, to the dtype's epsilon: near z = 0 with t = 1/2 it cancels)
+    # (the loss, where exp(-|z|) is subnormal, to the subnormals' spacing)
+    eps, sub = float(np.finfo(dtype).eps), float(np.finfo(dtype).smallest_subnormal)
+    for i in range(n):
+        li, gi, bi = functional.logistic_loss_grad(X[i:i + 1], np.ones(1, dtype), 0.0, t[i:i + 1])
+        assert li == pytest.approx(loss[i], rel=rtol, abs=sub), (z[i], t[i])
+        assert bi == pytest.approx(r[i], rel=rtol, abs=eps), (z[i], t[i])
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_logistic_nan_propagates(rng, dtype):
+    # a NaN in one row of X, or in one target, makes the loss and gradient NaN
+    for n, d in ((1, 1), (17, 7), (300, 129)):
+        X, w, b, t = logistic_data(rng, n, d, dtype)
+        for where in ("X", "t", "w"):
+            Xn, tn, wn = X.copy(), t.copy(), w.copy()
+            {"X": lambda: Xn.__setitem__((n // 2, d // 2), np.nan),
+             "t": lambda: tn.__setitem__(n - 1, np.nan),
+             "w": lambda: wn.__setitem__(d - 1, np.nan)}[where]()
+            loss, grad_w, grad_b = functional.logistic_loss_grad(Xn, wn, b, tn)
+            assert np.isnan(loss) and np.isnan(grad_b), (n, d, where)
+            assert np.isnan(grad_w).any(), (n, d, where)
+
+
 # ---------------------------------------------------------------------------
 # optimiser updates
 # ---------------------------------------------------------------------------

@@ -152,6 +152,25 @@ def test_poisson_bit_identical_up_to_eight_threads(dtype):
             assert results[n] == results[1], f"{n} threads differ from 1 thread"
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape", ((100003, 128), (20001, 17), (9000, 300), (4097, 1)))
+def test_logistic_bit_identical_across_1_2_3_8_threads(dtype, shape):
+    # every chunk and 16-row group remainder, weighted and not, fractional t
+    rng = np.random.default_rng(7)
+    n, d = shape
+    X = randn(rng, (n, d), dtype)
+    w = randn(rng, (d,), dtype, 3 / np.sqrt(d))
+    t = rng.uniform(size=n).astype(dtype)
+    sw = rng.uniform(0, 2, n)
+    results = {}
+    for threads in (1, 2, 3, 8):
+        with fastnn.num_threads(threads):
+            results[threads] = [_as_bytes(F.logistic_loss_grad(X, w, 0.1, t)),
+                                _as_bytes(F.logistic_loss_grad(X, w, 0.1, t, sample_weight=sw))]
+    for threads in (2, 3, 8):
+        assert results[threads] == results[1], f"{threads} threads differ from 1 thread"
+
+
 # ---------------------------------------------------------------------------
 # the thread-count API
 # ---------------------------------------------------------------------------

@@ -4,15 +4,15 @@ cdef double _logistic_chunk(const floating* X, const floating* w, double b, cons
                             const floating* sw, floating* gw, double* gb, Py_ssize_t start,
                             Py_ssize_t stop, Py_ssize_t d, Py_ssize_t n_next) noexcept nogil:
     """Rows [start, stop): gw[0:d] = sum_i w_i r_i x_i, gb[0] = sum_i w_i r_i;
-    returns sum_i w_i l_i.  Three passes over the chunk, which stays in
-    cache: the logits z_i, then r_i and the loss, then gw (one chunk's sum in
-    the data's dtype; the chunks are added in double).  The first and last
-    run four rows at a time (fastnn_matvec/vecmat), the last prefetching the
-    n_next rows that follow; float32's middle pass is vectorised over the
-    rows (fastnn_logistic_rows_f)."""
-    cdef floating z[ROWS_PER_CHUNK]
-    cdef floating r[ROWS_PER_CHUNK]
-    cdef floating e[ROWS_PER_CHUNK]
+    returns sum_i w_i l_i, while the chunk stays in cache; the n_next rows
+    that follow are prefetched during its gradient pass.  float32:
+    fastnn_logistic_block_f (csrc/fastnn_logistic.h: on AVX-512 one pass of
+    sixteen rows at a time, the exp and log1p vectorised in float32, the
+    loss summed in double).  float64: the logits four rows at a time
+    (fastnn_matvec_d), libm's exp and log1p per row, the gradient four rows
+    per pass over gw (fastnn_vecmat_d)."""
+    cdef double z[ROWS_PER_CHUNK]
+    cdef double r[ROWS_PER_CHUNK]
     cdef Py_ssize_t n = stop - start, i
     cdef double total = 0, r_sum = 0, q, wi, t, zi, ei
     X += start * d
@@ -20,8 +20,7 @@ cdef double _logistic_chunk(const floating* X, const floating* w, double b, cons
     if sw != NULL:
         sw += start
     if floating is float:
-        fastnn_matvec_f(X, d, w, b, n, z)
-        total = fastnn_logistic_rows_f(z, T, sw, r, e, n)
+        return fastnn_logistic_block_f(X, d, w, b, T, sw, n, gw, gb, X + n * d, n_next)
     else:
         fastnn_matvec_d(X, d, w, b, n, z)
         for i in range(n):
@@ -32,14 +31,10 @@ cdef double _logistic_chunk(const floating* X, const floating* w, double b, cons
             total += wi * ((zi if zi > 0 else 0) - t * zi + log1p(ei))
             q = ei / (1 + ei)                   # sigmoid(-|z|): sigmoid - t below
             r[i] = wi * ((1 - t) - q if zi >= 0 else q - t)   # without cancellation
-    for i in range(n):
-        r_sum += r[i]
-    if floating is float:
-        fastnn_vecmat_f(X, d, r, n, gw, X + n * d, n_next)
-    else:
+            r_sum += r[i]
         fastnn_vecmat_d(X, d, r, n, gw, X + n * d, n_next)
-    gb[0] = r_sum
-    return total
+        gb[0] = r_sum
+        return total
 
 
 cdef inline void _logistic_chunk_at(Py_ssize_t ch, const floating* X, const floating* w, double b,

@@ -26,3 +26,11 @@ def exp_shifted_f32(const float[::1] x, float[::1] out, float m):
     if x.shape[0] == 0:
         return 0.0
     return fastnn_exp_shifted_sum_f(&x[0], &out[0], x.shape[0], m)
+
+
+def log1p_unit_f32(const float[::1] x, float[::1] out):
+    """out = log1p(x) for 0 <= x <= 1 (x = exp(-|z|)) through the float32
+    log1p of the logistic kernel (CPU-dispatched); for its accuracy test."""
+    _check_exp_out(x, out)
+    if x.shape[0] > 0:
+        fastnn_log1p_unit_kernel_f(&x[0], &out[0], x.shape[0])
