@@ -230,7 +230,7 @@ def test_team_round_trip_probe():
     if not fastnn.build_info()["openmp"]:
         assert seconds is None
     elif len(os.sched_getaffinity(0)) >= 2:
-        assert 0 < seconds < 1e-3      # ~100 ns; a bound against a wrong unit, not a timing
+        assert 0 < seconds < 0.1       # ~100 ns idle, ms on a loaded machine: a unit check
     # the budget ends it, even in the untimed warm-up (then nothing is timed)
     started = time.perf_counter()
     assert _kernels.team_round_trip(2 ** 62, 0.01) is None     # and no counter overflow
