@@ -154,23 +154,7 @@ cdef void _dense_backward_rows(const floating* A, const floating* W, const float
     n_chunks x n_out doubles.  With ``update_w`` (and ``update_b`` where
     there is a bias) SGD updates W (b) as soon as dW (db) is known: dA,
     which reads W, comes first."""
-    cdef Py_ssize_t n_chunks = _n_chunks(n), ch, j
-    cdef double s
-    if _threaded(n * n_out, n_chunks):
-        for ch in prange(n_chunks, schedule="static", num_threads=_n_threads):
-            _delta_colsum_chunk(O, G, D, partial + ch * n_out, ch * ROWS_PER_CHUNK,
-                                _chunk_stop(ch, n), n_out, kind, alpha)
-    else:
-        for ch in range(n_chunks):
-            _delta_colsum_chunk(O, G, D, partial + ch * n_out, ch * ROWS_PER_CHUNK,
-                                _chunk_stop(ch, n), n_out, kind, alpha)
-    for j in range(n_out):
-        s = 0
-        for ch in range(n_chunks):
-            s = s + partial[ch * n_out + j]
-        db[j] = <floating>s
-    if update_b != NULL:
-        _sgd_apply(update_b, db, 0, n_out)
+    _delta_db(O, G, D, db, n, n_out, kind, alpha, partial, update_b)
     if dA == NULL or update_w != NULL:      # dW alone, or after dA (which reads W)
         if dA != NULL:
             _gemm_tiled(False, True, n, n_in, n_out, D, n_out, W, n_out, dA, n_in, NULL,
@@ -192,6 +176,31 @@ cdef void _dense_backward_rows(const floating* A, const floating* W, const float
         for t in range(n_tiles):
             _backward_tile(t, a_tiles, &ga, &gw, A, W, D, dA, dW, n, n_in, n_out)
     _blas_product_end()
+
+
+cdef void _delta_db(const floating* O, const floating* G, floating* D, floating* db,
+                    Py_ssize_t n, Py_ssize_t n_out, int kind, floating alpha, double* partial,
+                    const SgdUpdate* update_b=NULL) noexcept nogil:
+    """delta = G * f'(O) fused with db = its column sums (per fixed chunk of
+    rows, combined in chunk order), then ``update_b``'s SGD update of b: the
+    first half of dense_backward, shared with its bf16 twin (bf16.pxi)."""
+    cdef Py_ssize_t n_chunks = _n_chunks(n), ch, j
+    cdef double s
+    if _threaded(n * n_out, n_chunks):
+        for ch in prange(n_chunks, schedule="static", num_threads=_n_threads):
+            _delta_colsum_chunk(O, G, D, partial + ch * n_out, ch * ROWS_PER_CHUNK,
+                                _chunk_stop(ch, n), n_out, kind, alpha)
+    else:
+        for ch in range(n_chunks):
+            _delta_colsum_chunk(O, G, D, partial + ch * n_out, ch * ROWS_PER_CHUNK,
+                                _chunk_stop(ch, n), n_out, kind, alpha)
+    for j in range(n_out):
+        s = 0
+        for ch in range(n_chunks):
+            s = s + partial[ch * n_out + j]
+        db[j] = <floating>s
+    if update_b != NULL:
+        _sgd_apply(update_b, db, 0, n_out)
 
 
 cdef inline void _backward_tile(Py_ssize_t t, Py_ssize_t a_tiles, const TileGrid* ga,
