@@ -109,8 +109,12 @@ def bench_bf16(benchmark, mkn, peer, n_thr):
 
 def interleaved(rounds=9, thread_counts=(1, 2)):
     """{(shape, threads, peer): median GFLOP/s}: each round runs every peer
-    once (several calls, about 0.2 s), so that the machine's load falls on
-    all of them alike."""
+    once (calls worth 0.4 GFLOP), so that the machine's load falls on all of
+    them alike.  With more than one thread each peer starts after a pause
+    longer than the OpenMP runtimes' spin-wait (libomp's KMP_BLOCKTIME, 200
+    ms): the idle team of the peer before would otherwise spin on the cores
+    the next one needs (fastnn's libomp, PyTorch's libgomp, OpenBLAS's
+    threads, all in one process)."""
     peers = [p for p in PEERS if missing_reason(p) is None]
     table = {}
     for shape in SHAPES:
@@ -126,6 +130,9 @@ def interleaved(rounds=9, thread_counts=(1, 2)):
                 for _ in range(rounds):
                     for p in peers:
                         run = calls[p][0]
+                        if t > 1:
+                            time.sleep(0.25)
+                            run()
                         start = time.perf_counter()
                         for _ in range(repeat):
                             run()
