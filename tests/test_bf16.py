@@ -431,3 +431,34 @@ def test_no_warning_at_import():
                               capture_output=True, text=True, timeout=120,
                               env={k: v for k, v in os.environ.items() if k != "FASTNN_BF16"})
     assert proc.returncode == 0, proc.stderr
+
+
+VARIANT_CHILD = """
+import numpy as np, fastnn
+from fastnn import _config, _kernels, functional as F, reference as R
+rng = np.random.default_rng(3)
+A, B = rng.standard_normal((70, 97)).astype(np.float32), rng.standard_normal((97, 40)).astype(np.float32)
+bound = 97 * 2.0 ** -23 * (np.abs(R.round_bf16(A)).astype(np.float64) @ np.abs(R.round_bf16(B)))
+ran = []
+for p in ("emulated", "avx512_bf16", "amx"):
+    if _config.bf16_unavailable(p) is None:
+        _config._set_bf16_path(p)
+        assert np.all(np.abs(F.matmul_bf16(A, B) - R.matmul_bf16(A, B)) <= bound + 1e-30), p
+        ran.append(p)
+print(_kernels.SIMD_VARIANT, " ".join(ran))
+"""
+
+
+def test_every_simd_variant_runs_the_bf16_paths():
+    """The hardware paths are compiled with target attributes into every
+    variant, the SSE2 baseline included."""
+    for variant in _kernels.SIMD_VARIANTS_BUILT:
+        if not _kernels.cpu_supports(variant, _kernels.cpu_flags()):
+            continue
+        env = {k: v for k, v in os.environ.items() if k != "FASTNN_BF16"}
+        env["FASTNN_SIMD"] = variant
+        proc = subprocess.run([sys.executable, "-c", VARIANT_CHILD], env=env,
+                              capture_output=True, text=True, timeout=120)
+        assert proc.returncode == 0, proc.stderr
+        name, *ran = proc.stdout.split()
+        assert name == variant and ran == _runnable_paths()
