@@ -168,11 +168,46 @@ FASTNN_BF16_TARGET static inline __m512i fastnn_bf16_cvt32(const float *x, ptrdi
     return (__m512i)_mm512_cvtne2ps_pbh(hi, lo);
 }
 
-/* Ap rows [i0, i1): op(A) = A row-major (sp == 1) vectorised, else scalar. */
+/* The 16 pairs (x[p * sp + j], x[(p + 1) * sp + j]) of j < 16 (zero past the
+ * mask, and for rows p, p + 1 >= k) as bf16, RNE: the VNNI pair layout. */
+FASTNN_BF16_TARGET static inline __m512i fastnn_bf16_pairs(const float *x, ptrdiff_t sp,
+                                                           ptrdiff_t p, ptrdiff_t k,
+                                                           __mmask16 mask)
+{
+    /* cvtne2ps(odd row, even row) holds even in words 0-15, odd in 16-31 */
+    const __m512i pairs = _mm512_set_epi16(31, 15, 30, 14, 29, 13, 28, 12, 27, 11, 26, 10, 25, 9,
+                                           24, 8, 23, 7, 22, 6, 21, 5, 20, 4, 19, 3, 18, 2, 17, 1,
+                                           16, 0);
+    const __m512 even = p < k ? _mm512_maskz_loadu_ps(mask, x + p * sp) : _mm512_setzero_ps();
+    const __m512 odd = p + 1 < k ? _mm512_maskz_loadu_ps(mask, x + (p + 1) * sp)
+                                 : _mm512_setzero_ps();
+    return _mm512_permutexvar_epi16(pairs, (__m512i)_mm512_cvtne2ps_pbh(odd, even));
+}
+
+/* Ap rows [i0, i1): op(A) = A row-major (sp == 1) or A^T (si == 1)
+ * vectorised, else scalar. */
 FASTNN_BF16_TARGET static void fastnn_bf16_pack_a(const float *A, ptrdiff_t si, ptrdiff_t sp,
                                                   ptrdiff_t m, ptrdiff_t k, ptrdiff_t kk,
                                                   ptrdiff_t i0, ptrdiff_t i1, uint16_t *Ap)
 {
+    if (sp != 1 && si == 1 && (i1 - i0) % 16 == 0) {
+        /* A^T: rows p and p + 1 of A (16 of its columns at a time, which are
+         * rows of op(A)) become 16 pairs, each scattered to its row of Ap */
+        const ptrdiff_t kq = kk / 2;
+        const __m512i rows = _mm512_mullo_epi32(
+            _mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0),
+            _mm512_set1_epi32((int)kq));
+        for (ptrdiff_t h = i0; h < i1; h += 16) {
+            const ptrdiff_t cols = m - h;
+            const __mmask16 mask = cols >= 16 ? (__mmask16)0xFFFF
+                                   : cols > 0 ? (__mmask16)((1u << cols) - 1) : 0;
+            uint32_t *dst = (uint32_t *)(void *)(Ap + h * kk);
+            for (ptrdiff_t q = 0; q < kq; q++)
+                _mm512_i32scatter_epi32((void *)(dst + q), rows,
+                                        fastnn_bf16_pairs(A + h, sp, 2 * q, k, mask), 4);
+        }
+        return;
+    }
     if (sp != 1) {
         fastnn_bf16_pack_a_scalar(A, si, sp, m, k, kk, i0, i1, Ap);
         return;
@@ -199,35 +234,59 @@ FASTNN_BF16_TARGET static void fastnn_bf16_pack_a(const float *A, ptrdiff_t si, 
 }
 
 /* Bp groups [g0, g1): op(B) = B row-major (sj == 1) vectorised: rows 2q and
- * 2q + 1 of 16 columns, converted together and interleaved into pairs. */
+ * 2q + 1 of 16 columns converted together and interleaved into pairs; B^T
+ * (sp == 1) through a converted copy of the group's rows and gathers. */
 FASTNN_BF16_TARGET static void fastnn_bf16_pack_b(const float *B, ptrdiff_t sp, ptrdiff_t sj,
                                                   ptrdiff_t k, ptrdiff_t n, ptrdiff_t kk,
                                                   ptrdiff_t g0, ptrdiff_t g1, uint16_t *Bp)
 {
+    const ptrdiff_t kq = kk / 2;
+    if (sj != 1 && sp == 1 && 16 * kq < 0x7FFFFFFF) {
+        /* B^T: a pair is two neighbours in a row of B; each row of the
+         * group (a column of op(B)) is converted once, contiguously, then
+         * the group's 16 rows are gathered pair by pair */
+        uint32_t *rows = (uint32_t *)aligned_alloc(64, (size_t)(16 * kq + 16) * 4);
+        if (rows == NULL) {
+            fastnn_bf16_pack_b_scalar(B, sp, sj, k, n, kk, g0, g1, Bp);
+            return;
+        }
+        const __m512i idx = _mm512_mullo_epi32(
+            _mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0),
+            _mm512_set1_epi32((int)kq));
+        for (ptrdiff_t g = g0; g < g1; g++) {
+            for (ptrdiff_t jj = 0; jj < 16; jj++) {
+                const ptrdiff_t j = 16 * g + jj;
+                uint16_t *row = (uint16_t *)(void *)(rows + jj * kq);
+                ptrdiff_t p = 0;
+                if (j < n)
+                    for (; p < kk; p += 32) {
+                        const ptrdiff_t w = kk - p < 32 ? kk - p : 32;
+                        const __m512i v = fastnn_bf16_cvt32(B + j * sj + p, k - p < w ? k - p : w);
+                        _mm512_mask_storeu_epi16((void *)(row + p), (__mmask32)(w >= 32
+                                                 ? 0xFFFFFFFFu : (1u << w) - 1), v);
+                    }
+                for (; p < kk; p++) row[p] = 0;
+            }
+            uint16_t *panel = Bp + g * kq * 32;
+            for (ptrdiff_t q = 0; q < kq; q++)
+                _mm512_store_si512((void *)(panel + q * 32),
+                                   _mm512_i32gather_epi32(idx, (const void *)(rows + q), 4));
+        }
+        free(rows);
+        return;
+    }
     if (sj != 1) {
         fastnn_bf16_pack_b_scalar(B, sp, sj, k, n, kk, g0, g1, Bp);
         return;
     }
-    const ptrdiff_t kq = kk / 2;
-    /* cvtne2ps(odd row, even row) holds even in words 0-15, odd in 16-31 */
-    const __m512i pairs = _mm512_set_epi16(31, 15, 30, 14, 29, 13, 28, 12, 27, 11, 26, 10, 25, 9,
-                                           24, 8, 23, 7, 22, 6, 21, 5, 20, 4, 19, 3, 18, 2, 17, 1,
-                                           16, 0);
     for (ptrdiff_t g = g0; g < g1; g++) {
         uint16_t *panel = Bp + g * kq * 32;
-        const ptrdiff_t j0 = 16 * g, cols = n - j0;
+        const ptrdiff_t cols = n - 16 * g;
         const __mmask16 mask = cols >= 16 ? (__mmask16)0xFFFF
                                : cols > 0 ? (__mmask16)((1u << cols) - 1) : 0;
-        const float *b = B + j0;
-        for (ptrdiff_t q = 0; q < kq; q++) {
-            const ptrdiff_t p = 2 * q;
-            const __m512 even = p < k ? _mm512_maskz_loadu_ps(mask, b + p * sp)
-                                      : _mm512_setzero_ps();
-            const __m512 odd = p + 1 < k ? _mm512_maskz_loadu_ps(mask, b + (p + 1) * sp)
-                                         : _mm512_setzero_ps();
-            const __m512i both = (__m512i)_mm512_cvtne2ps_pbh(odd, even);
-            _mm512_store_si512((void *)(panel + q * 32), _mm512_permutexvar_epi16(pairs, both));
-        }
+        for (ptrdiff_t q = 0; q < kq; q++)
+            _mm512_store_si512((void *)(panel + q * 32),
+                               fastnn_bf16_pairs(B + 16 * g, sp, 2 * q, k, mask));
     }
 }
 #else
