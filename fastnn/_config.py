@@ -199,6 +199,98 @@ def num_threads(n):
         _kernels.set_threads(previous)
 
 
+# ---------------------------------------------------------------------------
+# the bf16 products' path (fastnn/_kernels/bf16.pxi, csrc/fastnn_bf16.h)
+# ---------------------------------------------------------------------------
+# Best first.  What each hardware path needs of the CPU (/proc/cpuinfo names;
+# the packing of both uses AVX-512 BW and vcvtne2ps2bf16); AMX also needs the
+# OS to grant the tile data state.
+BF16_PATHS = ("amx", "avx512_bf16", "emulated")
+_BF16_NEEDS = {
+    "amx": ("amx_tile", "amx_bf16", "avx512f", "avx512bw", "avx512_bf16"),
+    "avx512_bf16": ("avx512f", "avx512bw", "avx512_bf16"),
+    "emulated": (),
+}
+_AMX_PERMISSION = []      # the OS's answer, asked once per process: [errno]
+
+
+def _amx_permission():
+    """0 when the OS grants AMX tile data to this process, else an errno.
+    Asked once, at import, before any thread uses a tile (the permission is
+    the process's, for every thread, and a forked child inherits it)."""
+    if not _AMX_PERMISSION:
+        _AMX_PERMISSION.append(_kernels.bf16_amx_request())
+    return _AMX_PERMISSION[0]
+
+
+def bf16_unavailable(path, flags=None):
+    """Why the bf16 ``path`` cannot run here (a sentence naming the missing
+    CPU feature, compiler support or OS permission), or None when it can."""
+    if path not in BF16_PATHS:
+        raise ValueError(f"bf16 path must be one of {', '.join(BF16_PATHS)}, got {path!r}")
+    if path == "emulated":
+        return None
+    if path not in _kernels.bf16_compiled():
+        return f"{path}: not compiled (the compiler does not know its intrinsics)"
+    flags = _kernels.cpu_flags() if flags is None else flags
+    if flags is None:
+        return f"{path}: no CPU flags to check (/proc/cpuinfo)"
+    missing = [f for f in _BF16_NEEDS[path] if f not in flags]
+    if missing:
+        return f"{path}: the CPU lacks {', '.join(missing)}"
+    if path == "amx":
+        errno = _amx_permission()
+        if errno:
+            return (f"amx: tile data permission denied by the OS "
+                    f"(arch_prctl(ARCH_REQ_XCOMP_PERM): {os.strerror(errno)})")
+    return None
+
+
+def _choose_bf16(requested, flags=None):
+    """(path, why, warning or None) for FASTNN_BF16=``requested`` (empty:
+    the best).  The variable caps the choice as FASTNN_SIMD does: an unknown
+    name is an error; a path this machine cannot run falls back to the best
+    lower one that can, with a warning giving the reason."""
+    if requested and requested not in BF16_PATHS:
+        raise ImportError(f"FASTNN_BF16={requested!r}: expected one of "
+                          f"{', '.join(BF16_PATHS)} (or unset for the best)")
+    start = BF16_PATHS.index(requested) if requested else 0
+    reasons = []
+    for path in BF16_PATHS[start:]:
+        reason = bf16_unavailable(path, flags)
+        if reason is None:
+            break
+        reasons.append(reason)
+    why = "; ".join(reasons) if reasons else "the best path of this CPU"
+    if requested:
+        why = f"FASTNN_BF16={requested}" + (f" ({why})" if reasons else "")
+    warning = (f"FASTNN_BF16={requested}: {'; '.join(reasons)}; using {path}"
+               if requested and reasons else None)
+    return path, why, warning
+
+
+def _set_bf16_path(path):
+    """Run the bf16 products on ``path`` from now on (for tests and
+    measurements: every path this machine runs in one process); ValueError
+    with the reason where it cannot run.  Returns the previous path."""
+    reason = bf16_unavailable(path)
+    if reason is not None:
+        raise ValueError(f"bf16 path unavailable: {reason}")
+    return _kernels.bf16_path(path)
+
+
+def _install_bf16():
+    global _BF16_CHOICE
+    path, why, warning = _choose_bf16(os.environ.get("FASTNN_BF16", "").strip())
+    if warning:
+        warnings.warn(warning, RuntimeWarning, stacklevel=4)
+    _kernels.bf16_path(path)
+    _BF16_CHOICE = (path, why)
+
+
+_BF16_CHOICE = (None, None)     # (the path chosen at import, why)
+
+
 def _simd_level():
     """The best x86-64 level the CPU offers (what fastnn runs is reported
     separately, as simd_variant)."""
@@ -270,6 +362,9 @@ def build_info():
                         + ("64-bit-integer GEMM)" if gemm64 else "scipy.linalg.cython_blas)"))
     info["gemm"] = ("fastnn's AVX-512 GEMM for float32 products of at least 32 rows and "
                     "columns; BLAS for the rest" if _kernels.own_gemm() else "BLAS")
+    info["bf16"] = _kernels.bf16_path()
+    info["bf16_why"] = (_BF16_CHOICE[1] if info["bf16"] == _BF16_CHOICE[0]
+                        else "set by fastnn._config._set_bf16_path")
     info["blas_thread_control"] = {
         "thread-local": "thread-local: one BLAS thread per call, inside fastnn's OpenMP team",
         "global": "global: one BLAS thread per call, inside fastnn's OpenMP team; the BLAS's "
@@ -348,3 +443,4 @@ _SERIAL_AFTER_FORK = not _runtime_survives_fork()
 _kernels.set_fork_policy(_SERIAL_AFTER_FORK)
 _install_blas(_choose_blas(_loaded_blas()))
 _register_with_threadpoolctl()
+_install_bf16()

@@ -26,6 +26,7 @@ __all__ = [
     "dense_forward",
     "log_softmax",
     "logistic_loss_grad",
+    "matmul_bf16",
     "mse_loss",
     "poisson_loss",
     "sgd_step",
@@ -42,6 +43,7 @@ _FLOAT32 = np.dtype(np.float32)
 _INDEX_DTYPES = (np.dtype(np.int32), np.dtype(np.int64))
 _INT32_MAX = np.iinfo(np.int32).max
 _ANY_NDIM = range(1, 65)
+COMPUTE_DTYPES = (None, "bfloat16")
 
 
 # ---------------------------------------------------------------------------
@@ -332,11 +334,35 @@ def _dense_operands(A, W, b):
     return A, W, b
 
 
-def dense_forward(A, W, b, activation="identity", *, alpha=0.01, out=None):
+def _check_compute_dtype(compute_dtype, W):
+    """Whether the products run in bfloat16 (``compute_dtype``), which takes
+    float32 weights (the master copy the bf16 operands are rounded from)."""
+    if compute_dtype is None:
+        return False
+    if not isinstance(compute_dtype, str) or compute_dtype not in COMPUTE_DTYPES:
+        raise ValueError(f"compute_dtype must be None or 'bfloat16', got {compute_dtype!r}")
+    if not isinstance(W, np.ndarray) or W.dtype != _FLOAT32:
+        dtype = getattr(W, "dtype", type(W).__name__)
+        raise TypeError(f"compute_dtype='bfloat16' needs float32 W (the float32 master "
+                        f"weights), got {dtype}")
+    return True
+
+
+def dense_forward(A, W, b, activation="identity", *, alpha=0.01, out=None, compute_dtype=None):
     """O = f(A W + b) with W of shape (n_in, n_out); the product runs on BLAS
     (or, float32 with 9-16 outputs, fastnn's narrow GEMM), bias and activation
-    in one fused pass."""
+    in one fused pass.
+
+    ``compute_dtype="bfloat16"`` (float32 W): the product takes A and W
+    rounded to bfloat16 and accumulates in float32 (``matmul_bf16``'s
+    kernel); the bias, the activation and O stay float32.
+    """
     kind = _activation(activation, alpha)
+    if _check_compute_dtype(compute_dtype, W):
+        A, W, b = _dense_operands(A, W, b)
+        out = _output(out, "out", (A.shape[0], W.shape[1]), W.dtype, A, W, b)
+        _kernels.bf16_dense_forward(A, W, b, out, kind, alpha)
+        return out
     result = _kernels.dense_forward_plain(A, W, b, out, kind, alpha)  # None: needs the below
     if result is not None:
         return result
@@ -347,19 +373,25 @@ def dense_forward(A, W, b, activation="identity", *, alpha=0.01, out=None):
 
 
 def dense_backward(A, W, O, grad_out, activation="identity", *, alpha=0.01,
-                   need_input_grad=True, out=None, overwrite_grad_out=False):
+                   need_input_grad=True, out=None, overwrite_grad_out=False,
+                   compute_dtype=None):
     """Backward pass of ``dense_forward``: returns (dA, dW, db).
 
     delta = grad_out * f'(O) is fused with db = column sums of delta; dW =
     A^T delta and dA = delta W^T run on BLAS.  dA is None when
     ``need_input_grad`` is False.  ``out`` is an optional (dA, dW, db) tuple of
     buffers; ``overwrite_grad_out=True`` stores delta in ``grad_out``.
+    ``compute_dtype="bfloat16"`` (float32 W): delta and db in float32 as
+    always, the two products on bfloat16 operands (A, delta, W rounded),
+    accumulated in float32.
     """
     kind = _activation(activation, alpha)
-    result = _kernels.dense_backward_plain(A, W, O, grad_out, out, need_input_grad,
-                                           overwrite_grad_out, kind, alpha)
-    if result is not None:
-        return result
+    bf16 = _check_compute_dtype(compute_dtype, W)
+    if not bf16:
+        result = _kernels.dense_backward_plain(A, W, O, grad_out, out, need_input_grad,
+                                               overwrite_grad_out, kind, alpha)
+        if result is not None:
+            return result
     A, W, _ = _dense_operands(A, W, None)
     n, n_out = A.shape[0], W.shape[1]
     O = _contiguous(O, "O", W.dtype, (2,))
@@ -378,7 +410,8 @@ def dense_backward(A, W, O, grad_out, activation="identity", *, alpha=0.01,
     dA = None
     if need_input_grad:
         dA = _output(dA_out, "out[0] (dA)", A.shape, W.dtype, *inputs, dW, db)
-    _kernels.dense_backward(A, W, O, G, delta, dA, dW, db, kind, alpha)
+    backward = _kernels.bf16_dense_backward if bf16 else _kernels.dense_backward
+    backward(A, W, O, G, delta, dA, dW, db, kind, alpha)
     return dA, dW, db
 
 
@@ -559,6 +592,42 @@ def sparse_dense_backward(X, W, O, grad_out, activation="identity", *, alpha=0.0
     db = _output(db_out, "out[1] (db)", (n_out,), W.dtype, *inputs, dW)
     _kernels.sparse_dense_backward(data, indices, indptr, O, G, delta, dW, db, kind, alpha)
     return dW, db
+
+
+# ---------------------------------------------------------------------------
+# bf16 matrix product
+# ---------------------------------------------------------------------------
+def _bf16_operand(x, name):
+    """(2-D float32 operand, transposed): a Fortran-ordered float32 array
+    (a transposed view) goes to the kernel as its C-ordered transpose, no
+    copy; anything else is converted once to C-contiguous float32."""
+    x = _array(x, name)
+    if x.ndim != 2:
+        raise ValueError(f"{name} must be 2-D, got an array of shape {x.shape}")
+    if x.size == 0:
+        raise ValueError(f"{name} must not be empty, got shape {x.shape}")
+    if x.dtype == _FLOAT32 and x.flags.f_contiguous and not x.flags.c_contiguous:
+        return x.T, True
+    return np.ascontiguousarray(x, dtype=_FLOAT32), False
+
+
+def matmul_bf16(A, B, *, out=None):
+    """C = A B in float32 from bfloat16 operands: A (m, k) and B (k, n),
+    converted to float32 first if they are not, are rounded to bfloat16
+    (round to nearest even) as they are packed, and the products accumulate
+    in float32.  Runs on AMX-BF16, AVX512_BF16 or the emulated path
+    (``fastnn.build_info()["bf16"]``); the same bits at any thread count.
+    Transposed (Fortran-ordered) float32 views are read in place.
+    """
+    a, trans_a = _bf16_operand(A, "A")
+    b, trans_b = _bf16_operand(B, "B")
+    m, k = a.shape[::-1] if trans_a else a.shape
+    kb, n = b.shape[::-1] if trans_b else b.shape
+    if kb != k:
+        raise ValueError(f"B must have shape ({k}, n) to match A {(m, k)}, got {(kb, n)}")
+    out = _output(out, "out", (m, n), _FLOAT32, a, b)
+    _kernels.bf16_product(a, b, out, trans_a, trans_b)
+    return out
 
 
 # ---------------------------------------------------------------------------

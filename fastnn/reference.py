@@ -35,6 +35,8 @@ __all__ = [
     "dense_backward",
     "sparse_dense_forward",
     "sparse_dense_backward",
+    "round_bf16",
+    "matmul_bf16",
     "sgd_step",
     "adam_step",
     "logistic_loss_grad",
@@ -378,17 +380,72 @@ def poisson_loss(z, y, *, sample_weight=None, reduction="mean", out=None):
 
 
 # --------------------------------------------------------------------------
+# bf16 products
+# --------------------------------------------------------------------------
+def round_bf16(x):
+    """float32(bfloat16(x)): x (converted to float32 first) rounded to
+    bfloat16's 8 significant bits, to nearest even; NaN stays NaN, +-inf
+    stays infinite, overflow past the largest bf16 gives inf.  Subnormals are
+    kept (the hardware dot products treat them as zero, see matmul_bf16)."""
+    u = np.ascontiguousarray(x, dtype=np.float32).view(np.uint32)
+    rounded = (u + np.uint32(0x7FFF) + ((u >> np.uint32(16)) & np.uint32(1))) \
+        & np.uint32(0xFFFF0000)
+    nan = (u & np.uint32(0x7FFFFFFF)) > np.uint32(0x7F800000)
+    rounded = np.where(nan, (u | np.uint32(0x00400000)) & np.uint32(0xFFFF0000), rounded)
+    return rounded.astype(np.uint32).view(np.float32).reshape(np.shape(x))
+
+
+def matmul_bf16(A, B, *, out=None):
+    """C = round_bf16(A) round_bf16(B), the products of the rounded operands
+    (exact in float32: 8-bit significands) accumulated in float64, returned
+    as float32.
+
+    Tolerance of fastnn.functional.matmul_bf16 against this: both multiply
+    the same rounded operands and differ only in float32 accumulation (k
+    terms, any order), so elementwise
+        |C - C_ref| <= k 2^-23 (|round_bf16(A)| |round_bf16(B)|)
+    (the forward-error bound gamma_k of a float32 sum, u = 2^-24, doubled for
+    the final rounding and the hardware's pairwise order), plus subnormal
+    products the hardware paths flush (at most k 2^-126 per element).
+    Against the float64 product of the unrounded float32 operands, each
+    rounding of an operand adds at most u = 2^-8 relative (bf16 carries 8
+    significant bits): |C - A B| <= (2^-7 + 2^-16 + k 2^-23) (|A| |B|)
+    elementwise, and for random signs the error is typically below
+    2^-8 sqrt(k) times the rms term (each product errs by about 0.8 u rms).
+    """
+    A, B = np.asarray(A), np.asarray(B)
+    if A.ndim != 2 or B.ndim != 2 or A.shape[1] != B.shape[0]:
+        raise ValueError(f"A (m, k) and B (k, n) do not match: {A.shape} @ {B.shape}")
+    if A.size == 0 or B.size == 0:
+        raise ValueError(f"A and B must not be empty, got {A.shape} @ {B.shape}")
+    with np.errstate(invalid="ignore", over="ignore"):    # NaN and inf propagate
+        C = round_bf16(A).astype(np.float64) @ round_bf16(B).astype(np.float64)
+        C = C.astype(np.float32)
+    return _finish(C, out)
+
+
+def _check_compute_dtype(compute_dtype):
+    if compute_dtype is None:
+        return False
+    if compute_dtype != "bfloat16":
+        raise ValueError(f"compute_dtype must be None or 'bfloat16', got {compute_dtype!r}")
+    return True
+
+
+# --------------------------------------------------------------------------
 # dense layer
 # --------------------------------------------------------------------------
-def dense_forward(A, W, b, activation="identity", *, alpha=0.01, out=None):
-    """O = f(A W + b); W is (n_in, n_out) and sets the compute dtype."""
+def dense_forward(A, W, b, activation="identity", *, alpha=0.01, out=None, compute_dtype=None):
+    """O = f(A W + b); W is (n_in, n_out) and sets the compute dtype.
+    ``compute_dtype="bfloat16"``: the product is matmul_bf16's."""
     _check_activation(activation, alpha)
+    bf16 = _check_compute_dtype(compute_dtype)
     W = _primary(W, "W")
     dtype = W.dtype.type
     A = _primary(A, "A").astype(dtype, copy=False)  # refuses empty batches and complex A
     if A.ndim != 2 or W.ndim != 2 or A.shape[1] != W.shape[0]:
         raise ValueError(f"A (N, n_in) and W (n_in, n_out) do not match: {A.shape} @ {W.shape}")
-    Z = A @ W
+    Z = matmul_bf16(A, W) if bf16 else A @ W
     if b is not None:
         b = _secondary(b, dtype)
         if b.shape != (W.shape[1],):
@@ -398,13 +455,16 @@ def dense_forward(A, W, b, activation="identity", *, alpha=0.01, out=None):
 
 
 def dense_backward(A, W, O, grad_out, activation="identity", *, alpha=0.01,
-                   need_input_grad=True, out=None, overwrite_grad_out=False):
+                   need_input_grad=True, out=None, overwrite_grad_out=False,
+                   compute_dtype=None):
     """(dA, dW, db) of a dense layer from its input A, weights W, output O.
 
     delta = grad_out * f'(O); dW = A^T delta; db = sum of delta's rows;
     dA = delta W^T (None when ``need_input_grad`` is False).
+    ``compute_dtype="bfloat16"``: dW and dA are matmul_bf16's products.
     """
     _check_activation(activation, alpha)
+    bf16 = _check_compute_dtype(compute_dtype)
     W = _primary(W, "W")
     dtype = W.dtype.type
     A = _primary(A, "A").astype(dtype, copy=False)  # refuses empty batches and complex A
@@ -416,9 +476,10 @@ def dense_backward(A, W, O, grad_out, activation="identity", *, alpha=0.01,
     delta_out = grad_out if overwrite_grad_out else None
     delta = activation_backward(O, grad_out, activation, alpha=alpha, out=delta_out)
 
-    dW = A.T @ delta
+    product = matmul_bf16 if bf16 else np.matmul
+    dW = product(A.T, delta)
     db = np.sum(delta, axis=0)
-    dA = delta @ W.T if need_input_grad else None
+    dA = product(delta, W.T) if need_input_grad else None
     if out is not None:
         out_dA, out_dW, out_db = out
         dW = _finish(dW, out_dW)

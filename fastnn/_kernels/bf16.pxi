@@ -1,0 +1,270 @@
+# bf16 matrix products (csrc/fastnn_bf16.h): float32 operands rounded to
+# bfloat16 (RNE) while packed, float32 accumulation, the float32 GEMM's
+# conventions (row-major C = op(A) op(B), shape-only output tiles spread over
+# the team, bias + activation epilogue per tile).  Three paths: AMX-BF16,
+# AVX512_BF16, emulated (rounded float32 copies on the float32 products);
+# fastnn/_config.py chooses one at import (CPU flags, OS permission,
+# FASTNN_BF16) and sets it here.
+
+from libc.stdint cimport uint16_t
+
+
+cdef extern from "fastnn_bf16.h" nogil:
+    enum:
+        FASTNN_BF16_EMULATED
+        FASTNN_BF16_AVX512BF16
+        FASTNN_BF16_AMXBF16
+        FASTNN_BF16_BLOCK
+    int fastnn_bf16_compiled()
+    int fastnn_bf16_amx_request()
+    Py_ssize_t fastnn_bf16_kstep(int path)
+    void fastnn_bf16_round_f(const float* x, Py_ssize_t ldx, float* y, Py_ssize_t ldy,
+                             Py_ssize_t rows, Py_ssize_t cols)
+    void fastnn_bf16_pack_a(const float* A, Py_ssize_t si, Py_ssize_t sp, Py_ssize_t m,
+                            Py_ssize_t k, Py_ssize_t kk, Py_ssize_t i0, Py_ssize_t i1,
+                            uint16_t* Ap)
+    void fastnn_bf16_pack_b(const float* B, Py_ssize_t sp, Py_ssize_t sj, Py_ssize_t k,
+                            Py_ssize_t n, Py_ssize_t kk, Py_ssize_t g0, Py_ssize_t g1,
+                            uint16_t* Bp)
+    void fastnn_bf16_block(int path, const uint16_t* Ap, const uint16_t* Bp, Py_ssize_t kk,
+                           Py_ssize_t i0, Py_ssize_t i1, Py_ssize_t j0, Py_ssize_t j1, float* C,
+                           Py_ssize_t ldc)
+
+cdef extern from "<stdlib.h>" nogil:
+    void* aligned_alloc(size_t alignment, size_t size)
+
+
+BF16_PATHS = ("emulated", "avx512_bf16", "amx")     # index = the C path code
+
+cdef int _bf16_path = FASTNN_BF16_EMULATED
+
+
+def bf16_compiled():
+    """The bf16 paths compiled into this module (the hardware ones need
+    a compiler that knows their intrinsics)."""
+    cdef int bits = fastnn_bf16_compiled()
+    return tuple(name for i, name in enumerate(BF16_PATHS) if bits & (1 << i))
+
+
+def bf16_amx_request():
+    """Ask the OS for AMX tile data (Linux arch_prctl, once per process, before
+    any thread uses a tile): 0 when granted, else the errno."""
+    return fastnn_bf16_amx_request()
+
+
+def bf16_path(name=None):
+    """The bf16 path the products run on; ``name`` sets it (only
+    fastnn._config, which has checked the CPU and the OS, should).  Returns
+    the previous one."""
+    global _bf16_path
+    previous = BF16_PATHS[_bf16_path]
+    if name is not None:
+        if name not in bf16_compiled():
+            raise ValueError(f"bf16 path {name!r} is not compiled into this module "
+                             f"(compiled: {', '.join(bf16_compiled())})")
+        _bf16_path = BF16_PATHS.index(name)
+    return previous
+
+
+cdef inline Py_ssize_t _round_up(Py_ssize_t a, Py_ssize_t b) noexcept nogil:
+    return (a + b - 1) // b * b
+
+
+cdef TileGrid _bf16_grid(Py_ssize_t m, Py_ssize_t n, Py_ssize_t k) noexcept nogil:
+    """_tile_grid's tiling (whatever the BLAS), tile sides rounded up to
+    whole 32 x 32 blocks of the packing: a function of the shape alone."""
+    cdef TileGrid g
+    g.m, g.n = m, n
+    g.row_tiles = g.col_tiles = 1
+    if m * n * k >= MIN_PARALLEL_GEMM:
+        g.row_tiles = _cdiv(m, GEMM_TILE_ROWS)
+        g.col_tiles = _cdiv(n, GEMM_TILE_COLS)
+        while g.row_tiles * g.col_tiles < GEMM_MIN_TILES:
+            if n // g.col_tiles >= max(m // g.row_tiles, 2 * GEMM_MIN_TILE_SIDE):
+                g.col_tiles *= 2
+            elif m // g.row_tiles >= 2 * GEMM_MIN_TILE_SIDE:
+                g.row_tiles *= 2
+            else:
+                break
+    g.tile_rows = _round_up(_cdiv(m, g.row_tiles), FASTNN_BF16_BLOCK)
+    g.tile_cols = _round_up(_cdiv(n, g.col_tiles), FASTNN_BF16_BLOCK)
+    g.row_tiles = _cdiv(m, g.tile_rows)
+    g.col_tiles = _cdiv(n, g.tile_cols)
+    return g
+
+
+cdef void _bf16_round_rows(const float* x, Py_ssize_t ldx, float* y, Py_ssize_t rows,
+                           Py_ssize_t cols) noexcept nogil:
+    """y (rows x cols, contiguous) = x rounded to bf16, in chunks of rows
+    over the team."""
+    cdef Py_ssize_t n_chunks = _n_chunks(rows), ch
+    if _threaded(rows * cols, n_chunks):
+        for ch in prange(n_chunks, schedule="static", num_threads=_n_threads):
+            fastnn_bf16_round_f(x + ch * ROWS_PER_CHUNK * ldx, ldx, y + ch * ROWS_PER_CHUNK * cols,
+                                cols, _chunk_stop(ch, rows) - ch * ROWS_PER_CHUNK, cols)
+    else:
+        fastnn_bf16_round_f(x, ldx, y, cols, rows, cols)
+
+
+cdef void _bf16_pack(int path, bint trans_a, bint trans_b, Py_ssize_t m, Py_ssize_t n,
+                     Py_ssize_t k, Py_ssize_t kk, const float* A, Py_ssize_t lda,
+                     const float* B, Py_ssize_t ldb, uint16_t* Ap, uint16_t* Bp) noexcept nogil:
+    """Ap, Bp (csrc/fastnn_bf16.h's layouts) in blocks of 32 rows of op(A)
+    and 32 columns of op(B), spread over the team."""
+    cdef Py_ssize_t a_blocks = _cdiv(m, FASTNN_BF16_BLOCK), b_blocks = _cdiv(n, FASTNN_BF16_BLOCK)
+    cdef Py_ssize_t t
+    if _threaded(m * k + k * n, a_blocks + b_blocks):
+        for t in prange(a_blocks + b_blocks, schedule="dynamic", num_threads=_n_threads):
+            _bf16_pack_block(t, a_blocks, trans_a, trans_b, m, n, k, kk, A, lda, B, ldb, Ap, Bp)
+    else:
+        for t in range(a_blocks + b_blocks):
+            _bf16_pack_block(t, a_blocks, trans_a, trans_b, m, n, k, kk, A, lda, B, ldb, Ap, Bp)
+
+
+cdef inline void _bf16_pack_block(Py_ssize_t t, Py_ssize_t a_blocks, bint trans_a, bint trans_b,
+                                  Py_ssize_t m, Py_ssize_t n, Py_ssize_t k, Py_ssize_t kk,
+                                  const float* A, Py_ssize_t lda, const float* B,
+                                  Py_ssize_t ldb, uint16_t* Ap, uint16_t* Bp) noexcept nogil:
+    cdef Py_ssize_t s
+    if t < a_blocks:
+        s = t * FASTNN_BF16_BLOCK
+        fastnn_bf16_pack_a(A, 1 if trans_a else lda, lda if trans_a else 1, m, k, kk, s,
+                           s + FASTNN_BF16_BLOCK, Ap)
+    else:
+        s = (t - a_blocks) * (FASTNN_BF16_BLOCK // 16)
+        fastnn_bf16_pack_b(B, 1 if trans_b else ldb, ldb if trans_b else 1, k, n, kk, s,
+                           s + FASTNN_BF16_BLOCK // 16, Bp)
+
+
+cdef inline void _bf16_tile(int path, const TileGrid* g, Py_ssize_t t, const uint16_t* Ap,
+                            const uint16_t* Bp, Py_ssize_t kk, float* C, Py_ssize_t ldc,
+                            const float* bias, int kind, float alpha) noexcept nogil:
+    cdef Py_ssize_t i0 = (t // g.col_tiles) * g.tile_rows, j0 = (t % g.col_tiles) * g.tile_cols
+    cdef Py_ssize_t i1 = min(i0 + g.tile_rows, g.m), j1 = min(j0 + g.tile_cols, g.n)
+    if i1 <= i0 or j1 <= j0:
+        return
+    fastnn_bf16_block(path, Ap, Bp, kk, i0, i1, j0, j1, C, ldc)
+    if bias != NULL or kind != IDENTITY:
+        _bias_activation(C, bias, i0, i1, j0, j1, ldc, kind, alpha)
+
+
+cdef int _bf16_tiled(bint trans_a, bint trans_b, Py_ssize_t m, Py_ssize_t n, Py_ssize_t k,
+                     const float* A, Py_ssize_t lda, const float* B, Py_ssize_t ldb, float* C,
+                     Py_ssize_t ldc, const float* bias, int kind, float alpha) noexcept nogil:
+    """Row-major C (m, n) = op(bf16(A)) op(bf16(B)) [+ bias, activation] on
+    the current path, k >= 1.  Returns 0, or -1 when the packing buffers
+    cannot be allocated (C untouched)."""
+    cdef int path = _bf16_path
+    cdef Py_ssize_t a_rows = k if trans_a else m, a_cols = m if trans_a else k
+    cdef Py_ssize_t b_rows = n if trans_b else k, b_cols = k if trans_b else n
+    cdef float* Ar
+    cdef float* Br
+    if path == FASTNN_BF16_EMULATED:
+        # the operands rounded into float32 copies of the same layout, then
+        # the float32 products (tiles, epilogue, threads) on them
+        Ar = <float*> malloc(a_rows * a_cols * sizeof(float))
+        Br = <float*> malloc(b_rows * b_cols * sizeof(float))
+        if Ar == NULL or Br == NULL:
+            free(Ar)
+            free(Br)
+            return -1
+        _bf16_round_rows(A, lda, Ar, a_rows, a_cols)
+        _bf16_round_rows(B, ldb, Br, b_rows, b_cols)
+        _gemm_tiled(trans_a, trans_b, m, n, k, Ar, a_cols, Br, b_cols, C, ldc, bias, kind, alpha)
+        free(Ar)
+        free(Br)
+        return 0
+    cdef Py_ssize_t kk = _round_up(k, fastnn_bf16_kstep(path))
+    cdef Py_ssize_t m_pad = _round_up(m, FASTNN_BF16_BLOCK), n_pad = _round_up(n, FASTNN_BF16_BLOCK)
+    cdef uint16_t* Ap = <uint16_t*> aligned_alloc(64, _round_up(m_pad * kk * 2, 64))
+    cdef uint16_t* Bp = <uint16_t*> aligned_alloc(64, _round_up(n_pad * kk * 2, 64))
+    if Ap == NULL or Bp == NULL:
+        free(Ap)
+        free(Bp)
+        return -1
+    _bf16_pack(path, trans_a, trans_b, m, n, k, kk, A, lda, B, ldb, Ap, Bp)
+    cdef TileGrid g = _bf16_grid(m, n, k)
+    cdef Py_ssize_t n_tiles = g.row_tiles * g.col_tiles, t
+    if _n_threads > 1 and n_tiles > 1:
+        for t in prange(n_tiles, schedule="dynamic", num_threads=_n_threads):
+            _bf16_tile(path, &g, t, Ap, Bp, kk, C, ldc, bias, kind, alpha)
+    else:
+        for t in range(n_tiles):
+            _bf16_tile(path, &g, t, Ap, Bp, kk, C, ldc, bias, kind, alpha)
+    free(Ap)
+    free(Bp)
+    return 0
+
+
+cdef _bf16_check(int status):
+    if status != 0:
+        raise MemoryError("cannot allocate the bf16 product's packing buffers")
+
+
+def bf16_product(const float[:, ::1] A, const float[:, ::1] B, float[:, ::1] out,
+                 bint trans_a, bint trans_b):
+    """out = op(bf16(A)) op(bf16(B)) in float32, op a transpose where asked
+    (fastnn.functional.matmul_bf16's kernel)."""
+    cdef Py_ssize_t m = out.shape[0], n = out.shape[1]
+    cdef Py_ssize_t k = A.shape[0] if trans_a else A.shape[1]
+    cdef int status
+    if (A.shape[1] if trans_a else A.shape[0]) != m or \
+            (B.shape[1] if trans_b else B.shape[0]) != k or \
+            (B.shape[0] if trans_b else B.shape[1]) != n:
+        raise ValueError(f"A {A.shape[0], A.shape[1]}, B {B.shape[0], B.shape[1]} and out "
+                         f"{m, n} do not chain (trans_a={trans_a}, trans_b={trans_b})")
+    if m == 0 or n == 0:
+        return
+    if k == 0:
+        out[:, :] = 0
+        return
+    with nogil:
+        status = _bf16_tiled(trans_a, trans_b, m, n, k, &A[0, 0], A.shape[1], &B[0, 0],
+                             B.shape[1], &out[0, 0], n, NULL, IDENTITY, 0)
+    _bf16_check(status)
+
+
+def bf16_dense_forward(const float[:, ::1] A, const float[:, ::1] W, const float[::1] b,
+                       float[:, ::1] out, int kind, double alpha):
+    """dense_forward with bf16 operands: out = f(bf16(A) bf16(W) + b)."""
+    cdef Py_ssize_t n = A.shape[0], n_in = A.shape[1], n_out = W.shape[1]
+    cdef const float* bp = &b[0] if b is not None else NULL
+    cdef int status
+    with nogil:
+        status = _bf16_tiled(False, False, n, n_out, n_in, &A[0, 0], n_in, &W[0, 0], n_out,
+                             &out[0, 0], n_out, bp, kind, <float>alpha)
+    _bf16_check(status)
+
+
+def bf16_dense_backward(const float[:, ::1] A, const float[:, ::1] W, const float[:, ::1] O,
+                        const float[:, ::1] G, float[:, ::1] delta, float[:, ::1] dA,
+                        float[:, ::1] dW, float[::1] db, int kind, double alpha):
+    """dense_backward with bf16 products: delta = G * f'(O) and db = its
+    column sums in float32 as dense_backward, then dA = bf16(delta)
+    bf16(W)^T (when dA is given) and dW = bf16(A)^T bf16(delta)."""
+    cdef Py_ssize_t n = A.shape[0], n_in = A.shape[1], n_out = W.shape[1]
+    cdef double* partial = <double*> malloc(_n_chunks(n) * n_out * sizeof(double))
+    cdef int status = 0
+    cdef bint need_dA = dA is not None
+    if partial == NULL:
+        raise MemoryError()
+    with nogil:
+        _delta_bias_grad(&O[0, 0], &G[0, 0], &delta[0, 0], &db[0], n, n_out, kind,
+                         <float>alpha, partial)
+        if need_dA:
+            status = _bf16_tiled(False, True, n, n_in, n_out, &delta[0, 0], n_out, &W[0, 0],
+                                 n_out, &dA[0, 0], n_in, NULL, IDENTITY, 0)
+        if status == 0:
+            status = _bf16_tiled(True, False, n_in, n_out, n, &A[0, 0], n_in, &delta[0, 0],
+                                 n_out, &dW[0, 0], n_out, NULL, IDENTITY, 0)
+    free(partial)
+    _bf16_check(status)
+
+
+def bf16_round(const float[:, ::1] x, float[:, ::1] out):
+    """out = float32(bf16(x)), the emulated path's rounding (for tests)."""
+    if x.shape[0] != out.shape[0] or x.shape[1] != out.shape[1]:
+        raise ValueError("x and out must have the same shape")
+    if x.shape[0] and x.shape[1]:
+        with nogil:
+            _bf16_round_rows(&x[0, 0], x.shape[1], &out[0, 0], x.shape[0], x.shape[1])
