@@ -611,6 +611,16 @@ def _bf16_operand(x, name):
     return np.ascontiguousarray(x, dtype=_FLOAT32), False
 
 
+def _round_bf16(x):
+    """A float32 copy of ``x`` rounded to bfloat16 (RNE), any shape."""
+    x = np.ascontiguousarray(x, dtype=_FLOAT32)
+    out = np.empty_like(x)
+    if x.size:
+        _kernels.bf16_round(x.reshape(-1, x.shape[-1] if x.ndim else 1),
+                            out.reshape(-1, x.shape[-1] if x.ndim else 1))
+    return out
+
+
 def matmul_bf16(A, B, *, out=None):
     """C = A B in float32 from bfloat16 operands: A (m, k) and B (k, n),
     converted to float32 first if they are not, are rounded to bfloat16

@@ -248,6 +248,14 @@ def _check_activation(activation, alpha):
     return float(alpha)
 
 
+def _check_layer_compute_dtype(compute_dtype, dtype):
+    if compute_dtype not in F.COMPUTE_DTYPES:
+        raise ValueError(f"compute_dtype must be None or 'bfloat16', got {compute_dtype!r}")
+    if compute_dtype is not None and dtype != _FLOAT32:
+        raise ValueError(f"compute_dtype={compute_dtype!r} needs dtype=float32 (the master "
+                         f"weights), got dtype={np.dtype(dtype)}")
+
+
 def _check_size(value, name):
     if not isinstance(value, numbers.Integral) or isinstance(value, bool) or value < 1:
         raise ValueError(f"{name} must be a positive integer, got {value!r}")
@@ -273,16 +281,23 @@ class Dense(Module):
     db by ``F.sparse_dense_backward``.  A sparse input has no gradient:
     ``backward(need_input_grad=True)`` raises ValueError (``Sequential``
     asks none of its first layer).
+
+    ``compute_dtype="bfloat16"`` (float32 layers only): the products take
+    their operands rounded to bfloat16 and accumulate in float32 (AMX or
+    AVX512_BF16 where the CPU has them, ``fastnn.build_info()["bf16"]``);
+    weights, gradients, outputs and deltas stay float32.  A sparse input's
+    products stay float32.
     """
 
     def __init__(self, n_in, n_out, activation="identity", *, alpha=0.01, init=None,
-                 bias=True, dtype=np.float32, rng=None):
+                 bias=True, dtype=np.float32, rng=None, compute_dtype=None):
         super().__init__()
         self.n_in = _check_size(n_in, "n_in")
         self.n_out = _check_size(n_out, "n_out")
         self.alpha = _check_activation(activation, alpha)
         self.activation = activation
         self.dtype = _float_dtype(dtype)
+        self.compute_dtype = compute_dtype
         make_weight = _init.get("sklearn_uniform" if init is None else init, activation, alpha)
         shape = (self.n_in, self.n_out)
         W = np.asarray(make_weight(shape, rng=_init.as_generator(rng), dtype=self.dtype))
@@ -291,6 +306,16 @@ class Dense(Module):
         self.weight = Parameter(np.array(W, dtype=self.dtype, order="C"), "weight", True)
         self.bias = Parameter(np.zeros(self.n_out, self.dtype), "bias", False) if bias else None
         self._input = self._output = None
+
+    @property
+    def compute_dtype(self):
+        """None (the products in ``dtype``) or "bfloat16"."""
+        return self._compute_dtype
+
+    @compute_dtype.setter
+    def compute_dtype(self, value):
+        _check_layer_compute_dtype(value, self.dtype)
+        self._compute_dtype = value
 
     def named_parameters(self):
         params = [("weight", self.weight)]
@@ -310,7 +335,8 @@ class Dense(Module):
                              f"got {X.shape}")
         out = self._buffer("output", (X.shape[0], self.n_out), self.dtype)
         F.dense_forward(X, self.weight.data, None if self.bias is None else self.bias.data,
-                        self.activation, alpha=self.alpha, out=out)
+                        self.activation, alpha=self.alpha, out=out,
+                        compute_dtype=self._compute_dtype)
         self._input, self._output = X, out
         return out
 
@@ -355,12 +381,13 @@ class Dense(Module):
         d_input = self._buffer("grad_input", self._input.shape, self.dtype) if need_input_grad else None
         F.dense_backward(self._input, self.weight.data, O, delta, self.activation, alpha=self.alpha,
                          need_input_grad=need_input_grad, out=(d_input, self.weight.grad, d_bias),
-                         overwrite_grad_out=True)
+                         overwrite_grad_out=True, compute_dtype=self._compute_dtype)
         return d_input
 
     def __repr__(self):
+        bf16 = "" if self._compute_dtype is None else f", compute_dtype={self._compute_dtype!r}"
         return (f"Dense({self.n_in}, {self.n_out}, activation={self.activation!r}, "
-                f"bias={self.bias is not None}, dtype={self.dtype})")
+                f"bias={self.bias is not None}, dtype={self.dtype}{bf16})")
 
 
 class _Activation(Module):
@@ -533,6 +560,23 @@ class Sequential(Module):
                 overwrite = True
             grad = new_grad
         return grad
+
+    @property
+    def compute_dtype(self):
+        """The ``compute_dtype`` of the Dense layers (None without any);
+        setting it sets every Dense layer's."""
+        values = {layer.compute_dtype for layer in self.layers if isinstance(layer, Dense)}
+        if len(values) > 1:
+            raise ValueError(f"the Dense layers have different compute dtypes: {values}")
+        return values.pop() if values else None
+
+    @compute_dtype.setter
+    def compute_dtype(self, value):
+        dense = [layer for layer in self.layers if isinstance(layer, Dense)]
+        for layer in dense:     # all checked before any is changed
+            _check_layer_compute_dtype(value, layer.dtype)
+        for layer in dense:
+            layer.compute_dtype = value
 
     def named_parameters(self):
         return [(f"{i}.{name}", p) for i, layer in enumerate(self.layers)
@@ -805,7 +849,8 @@ def _stack_plan(model, loss, n, dtype):
     # (an array's layout and dtype cannot change in place; its writeability
     # can: the grads must stay writeable, and a read-only weight, which the
     # kernel would only read, just misses the cache)
-    if (cached is not None and cached[0] == n and cached[1] is loss
+    modes = tuple(layer._compute_dtype for layer in model.layers)
+    if (cached is not None and cached[0] == n and cached[1] is loss and cached[5] == modes
             and _kernels.same_writeable_arrays(cached[2], arrays)):
         return cached[3], cached[4]
     plan = []
@@ -820,9 +865,9 @@ def _stack_plan(model, loss, n, dtype):
                      layer._buffer("output", out_shape, dtype),
                      layer._buffer("delta", out_shape, dtype), layer.weight.grad,
                      layer._buffer("bias_grad", (layer.n_out,), dtype) if bias is None
-                     else bias.grad))
+                     else bias.grad, layer.compute_dtype is not None))
     grad = loss._workspace.get("grad", (n, model.layers[-1].n_out), dtype)
-    model._stack_cache = (n, loss, arrays, plan, grad) if model.training else None
+    model._stack_cache = (n, loss, arrays, plan, grad, modes) if model.training else None
     return plan, grad
 
 

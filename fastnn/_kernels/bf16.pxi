@@ -138,22 +138,28 @@ cdef inline void _bf16_pack_block(Py_ssize_t t, Py_ssize_t a_blocks, bint trans_
 
 cdef inline void _bf16_tile(int path, const TileGrid* g, Py_ssize_t t, const uint16_t* Ap,
                             const uint16_t* Bp, Py_ssize_t kk, float* C, Py_ssize_t ldc,
-                            const float* bias, int kind, float alpha) noexcept nogil:
+                            const float* bias, int kind, float alpha,
+                            const SgdUpdate* update) noexcept nogil:
     cdef Py_ssize_t i0 = (t // g.col_tiles) * g.tile_rows, j0 = (t % g.col_tiles) * g.tile_cols
-    cdef Py_ssize_t i1 = min(i0 + g.tile_rows, g.m), j1 = min(j0 + g.tile_cols, g.n)
+    cdef Py_ssize_t i1 = min(i0 + g.tile_rows, g.m), j1 = min(j0 + g.tile_cols, g.n), i
     if i1 <= i0 or j1 <= j0:
         return
     fastnn_bf16_block(path, Ap, Bp, kk, i0, i1, j0, j1, C, ldc)
     if bias != NULL or kind != IDENTITY:
         _bias_activation(C, bias, i0, i1, j0, j1, ldc, kind, alpha)
+    if update != NULL:      # C is a gradient: its parameter's SGD step, as _gemm_tile's
+        for i in range(i0, i1):
+            _sgd_apply(update, C + i * ldc + j0, i * ldc + j0, j1 - j0)
 
 
 cdef int _bf16_tiled(bint trans_a, bint trans_b, Py_ssize_t m, Py_ssize_t n, Py_ssize_t k,
                      const float* A, Py_ssize_t lda, const float* B, Py_ssize_t ldb, float* C,
-                     Py_ssize_t ldc, const float* bias, int kind, float alpha) noexcept nogil:
+                     Py_ssize_t ldc, const float* bias, int kind, float alpha,
+                     const SgdUpdate* update=NULL) noexcept nogil:
     """Row-major C (m, n) = op(bf16(A)) op(bf16(B)) [+ bias, activation] on
-    the current path, k >= 1.  Returns 0, or -1 when the packing buffers
-    cannot be allocated (C untouched)."""
+    the current path, k >= 1 [then ``update``, C being its gradient].
+    Returns 0, or -1 when the packing buffers cannot be allocated (C
+    untouched)."""
     cdef int path = _bf16_path
     cdef Py_ssize_t a_rows = k if trans_a else m, a_cols = m if trans_a else k
     cdef Py_ssize_t b_rows = n if trans_b else k, b_cols = k if trans_b else n
@@ -170,7 +176,8 @@ cdef int _bf16_tiled(bint trans_a, bint trans_b, Py_ssize_t m, Py_ssize_t n, Py_
             return -1
         _bf16_round_rows(A, lda, Ar, a_rows, a_cols)
         _bf16_round_rows(B, ldb, Br, b_rows, b_cols)
-        _gemm_tiled(trans_a, trans_b, m, n, k, Ar, a_cols, Br, b_cols, C, ldc, bias, kind, alpha)
+        _gemm_tiled(trans_a, trans_b, m, n, k, Ar, a_cols, Br, b_cols, C, ldc, bias, kind, alpha,
+                    update)
         free(Ar)
         free(Br)
         return 0
@@ -187,10 +194,10 @@ cdef int _bf16_tiled(bint trans_a, bint trans_b, Py_ssize_t m, Py_ssize_t n, Py_
     cdef Py_ssize_t n_tiles = g.row_tiles * g.col_tiles, t
     if _n_threads > 1 and n_tiles > 1:
         for t in prange(n_tiles, schedule="dynamic", num_threads=_n_threads):
-            _bf16_tile(path, &g, t, Ap, Bp, kk, C, ldc, bias, kind, alpha)
+            _bf16_tile(path, &g, t, Ap, Bp, kk, C, ldc, bias, kind, alpha, update)
     else:
         for t in range(n_tiles):
-            _bf16_tile(path, &g, t, Ap, Bp, kk, C, ldc, bias, kind, alpha)
+            _bf16_tile(path, &g, t, Ap, Bp, kk, C, ldc, bias, kind, alpha, update)
     free(Ap)
     free(Bp)
     return 0
@@ -236,27 +243,42 @@ def bf16_dense_forward(const float[:, ::1] A, const float[:, ::1] W, const float
     _bf16_check(status)
 
 
+cdef int _bf16_backward_rows(const float* A, const float* W, const float* O, const float* G,
+                             float* D, float* dA, float* dW, float* db, Py_ssize_t n,
+                             Py_ssize_t n_in, Py_ssize_t n_out, int kind, float alpha,
+                             double* partial, const SgdUpdate* update_w=NULL,
+                             const SgdUpdate* update_b=NULL) noexcept nogil:
+    """_dense_backward_rows with bf16 products: D = G * f'(O) and db in
+    float32 as there, then dA = bf16(D) bf16(W)^T (dA may be NULL) before
+    dW = bf16(A)^T bf16(D) and its update (which changes W).  0, or -1 when
+    out of memory."""
+    cdef int status = 0
+    _delta_bias_grad(O, G, D, db, n, n_out, kind, alpha, partial)
+    if update_b != NULL:
+        _sgd_apply(update_b, db, 0, n_out)
+    if dA != NULL:
+        status = _bf16_tiled(False, True, n, n_in, n_out, D, n_out, W, n_out, dA, n_in, NULL,
+                             IDENTITY, 0)
+    if status == 0:
+        status = _bf16_tiled(True, False, n_in, n_out, n, A, n_in, D, n_out, dW, n_out, NULL,
+                             IDENTITY, 0, update_w)
+    return status
+
+
 def bf16_dense_backward(const float[:, ::1] A, const float[:, ::1] W, const float[:, ::1] O,
                         const float[:, ::1] G, float[:, ::1] delta, float[:, ::1] dA,
                         float[:, ::1] dW, float[::1] db, int kind, double alpha):
-    """dense_backward with bf16 products: delta = G * f'(O) and db = its
-    column sums in float32 as dense_backward, then dA = bf16(delta)
-    bf16(W)^T (when dA is given) and dW = bf16(A)^T bf16(delta)."""
+    """dense_backward with bf16 products (_bf16_backward_rows)."""
     cdef Py_ssize_t n = A.shape[0], n_in = A.shape[1], n_out = W.shape[1]
     cdef double* partial = <double*> malloc(_n_chunks(n) * n_out * sizeof(double))
-    cdef int status = 0
-    cdef bint need_dA = dA is not None
+    cdef int status
+    cdef float* dAp = &dA[0, 0] if dA is not None else NULL
     if partial == NULL:
         raise MemoryError()
     with nogil:
-        _delta_bias_grad(&O[0, 0], &G[0, 0], &delta[0, 0], &db[0], n, n_out, kind,
-                         <float>alpha, partial)
-        if need_dA:
-            status = _bf16_tiled(False, True, n, n_in, n_out, &delta[0, 0], n_out, &W[0, 0],
-                                 n_out, &dA[0, 0], n_in, NULL, IDENTITY, 0)
-        if status == 0:
-            status = _bf16_tiled(True, False, n_in, n_out, n, &A[0, 0], n_in, &delta[0, 0],
-                                 n_out, &dW[0, 0], n_out, NULL, IDENTITY, 0)
+        status = _bf16_backward_rows(&A[0, 0], &W[0, 0], &O[0, 0], &G[0, 0], &delta[0, 0], dAp,
+                                     &dW[0, 0], &db[0], n, n_in, n_out, kind, <float>alpha,
+                                     partial)
     free(partial)
     _bf16_check(status)
 

@@ -11,6 +11,7 @@ cdef struct DenseLayer:
     Py_ssize_t n_in, n_out
     int kind
     double alpha
+    bint bf16                       # the products on bf16 operands (float32 only)
     SgdUpdate update_w, update_b    # with an optimiser: the SGD of W and of b
 
 
@@ -23,11 +24,14 @@ def dense_stack_step(list layers, const floating[:, ::1] X, int loss,
     dense_forward / softmax_cross_entropy or pointwise_loss / dense_backward
     layer by layer, so the results are identical.
 
-    ``layers``: one tuple (W, b or None, kind, alpha, O, D, dW, db) per layer,
-    first to last, O and D (the outputs and deltas) of shape (N, n_out).  The
+    ``layers``: one tuple (W, b or None, kind, alpha, O, D, dW, db, bf16) per
+    layer, first to last, O and D (the outputs and deltas) of shape (N,
+    n_out), bf16 whether its products take bf16 operands (float32 only: the
+    kernels of dense_forward/dense_backward with compute_dtype="bfloat16").  The
     loss gradient goes to ``loss_grad``; each layer's input gradient straight
     into the D of the layer below (none for the first layer).  Returns the
-    weighted loss sum.  The layers' arrays are checked here (_stack_array),
+    weighted loss sum (MemoryError if a bf16 product's packing buffers
+    cannot be allocated: the parameters may then be half updated).  The layers' arrays are checked here (_stack_array),
     X, the targets and loss_grad by their memoryviews.
 
     ``sgd``: None, or an SGD step to take on the way, as sgd_step's
@@ -43,6 +47,7 @@ def dense_stack_step(list layers, const floating[:, ::1] X, int loss,
     cdef double total
     cdef const floating* A
     cdef Py_ssize_t n_out
+    cdef int status = 0
     cdef int dtype = cnp.NPY_FLOAT32 if floating is float else cnp.NPY_FLOAT64
     if n_layers == 0:
         raise ValueError("layers must not be empty")
@@ -53,7 +58,9 @@ def dense_stack_step(list layers, const floating[:, ::1] X, int loss,
         # raw pointers, not memoryviews: acquiring eight buffers a layer cost
         # microseconds a step
         for l in range(n_layers):
-            W, b, kind, alpha, O, D, dW, db = layers[l]
+            W, b, kind, alpha, O, D, dW, db, bf16 = layers[l]
+            if bf16 and floating is not float:
+                raise ValueError(f"layer {l}: bf16 products need float32 layers")
             n_out = (cnp.PyArray_DIM(<cnp.ndarray> W, 1) if isinstance(W, cnp.ndarray)
                      and cnp.PyArray_NDIM(<cnp.ndarray> W) == 2 else 0)
             plan[l].W = _stack_array(W, dtype, n_in, n_out, False, l, "W")
@@ -64,6 +71,7 @@ def dense_stack_step(list layers, const floating[:, ::1] X, int loss,
             plan[l].db = _stack_array(db, dtype, n_out, -1, True, l, "db")
             plan[l].n_in, plan[l].n_out = n_in, n_out
             plan[l].kind, plan[l].alpha = kind, alpha
+            plan[l].bf16 = bf16
             n_in = n_out
             width = max(width, n_in)
         if loss_grad.shape[0] != n or loss_grad.shape[1] != n_in:
@@ -80,10 +88,18 @@ def dense_stack_step(list layers, const floating[:, ::1] X, int loss,
         with nogil:
             A = &X[0, 0]
             for l in range(n_layers):
-                _gemm_tiled(False, False, n, plan[l].n_out, plan[l].n_in, A, plan[l].n_in,
-                            <const floating*>plan[l].W, plan[l].n_out, <floating*>plan[l].O,
-                            plan[l].n_out, <const floating*>plan[l].b, plan[l].kind,
-                            <floating>plan[l].alpha)
+                if floating is float and plan[l].bf16:
+                    if status == 0:
+                        status = _bf16_tiled(False, False, n, plan[l].n_out, plan[l].n_in, A,
+                                             plan[l].n_in, <const float*>plan[l].W,
+                                             plan[l].n_out, <float*>plan[l].O, plan[l].n_out,
+                                             <const float*>plan[l].b, plan[l].kind,
+                                             <float>plan[l].alpha)
+                else:
+                    _gemm_tiled(False, False, n, plan[l].n_out, plan[l].n_in, A, plan[l].n_in,
+                                <const floating*>plan[l].W, plan[l].n_out, <floating*>plan[l].O,
+                                plan[l].n_out, <const floating*>plan[l].b, plan[l].kind,
+                                <floating>plan[l].alpha)
                 A = <const floating*>plan[l].O
             l = n_layers - 1
             total = _loss_rows(loss, <const floating*>plan[l].O,
@@ -94,21 +110,35 @@ def dense_stack_step(list layers, const floating[:, ::1] X, int loss,
                                partial)
             A = &loss_grad[0, 0]        # the gradient arriving at the current layer
             for l in range(n_layers - 1, -1, -1):
-                _dense_backward_rows(<const floating*>plan[l - 1].O if l > 0 else &X[0, 0],
-                                     <const floating*>plan[l].W, <const floating*>plan[l].O, A,
-                                     <floating*>plan[l].D,
-                                     <floating*>plan[l - 1].D if l > 0 else NULL,
-                                     <floating*>plan[l].dW, <floating*>plan[l].db, n,
-                                     plan[l].n_in, plan[l].n_out, plan[l].kind,
-                                     <floating>plan[l].alpha, partial,
-                                     &plan[l].update_w if sgd is not None else NULL,
-                                     &plan[l].update_b if sgd is not None
-                                     and plan[l].update_b.p != NULL else NULL)
+                if status != 0:
+                    break
+                if floating is float and plan[l].bf16:
+                    status = _bf16_backward_rows(
+                        <const float*>plan[l - 1].O if l > 0 else &X[0, 0],
+                        <const float*>plan[l].W, <const float*>plan[l].O, A,
+                        <float*>plan[l].D, <float*>plan[l - 1].D if l > 0 else NULL,
+                        <float*>plan[l].dW, <float*>plan[l].db, n, plan[l].n_in,
+                        plan[l].n_out, plan[l].kind, <float>plan[l].alpha, partial,
+                        &plan[l].update_w if sgd is not None else NULL,
+                        &plan[l].update_b if sgd is not None
+                        and plan[l].update_b.p != NULL else NULL)
+                else:
+                    _dense_backward_rows(<const floating*>plan[l - 1].O if l > 0 else &X[0, 0],
+                                         <const floating*>plan[l].W, <const floating*>plan[l].O,
+                                         A, <floating*>plan[l].D,
+                                         <floating*>plan[l - 1].D if l > 0 else NULL,
+                                         <floating*>plan[l].dW, <floating*>plan[l].db, n,
+                                         plan[l].n_in, plan[l].n_out, plan[l].kind,
+                                         <floating>plan[l].alpha, partial,
+                                         &plan[l].update_w if sgd is not None else NULL,
+                                         &plan[l].update_b if sgd is not None
+                                         and plan[l].update_b.p != NULL else NULL)
                 if l > 0:
                     A = <const floating*>plan[l - 1].D
         free(partial)
     finally:
         free(plan)
+    _bf16_check(status)
     return total
 
 

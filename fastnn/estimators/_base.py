@@ -219,6 +219,17 @@ def _is_int(value, low=1):
     return isinstance(value, numbers.Integral) and not isinstance(value, bool) and value >= low
 
 
+def _check_compute_dtype(compute_dtype, dtype):
+    """compute_dtype None, or "bfloat16" with float32 (or, dtype None, a
+    float32 X: checked again once X is seen) master weights."""
+    if compute_dtype not in (None, "bfloat16"):
+        raise ValueError(f"compute_dtype must be None or 'bfloat16', got {compute_dtype!r}")
+    if compute_dtype is not None and dtype is not None and np.dtype(dtype) != np.float32:
+        raise ValueError(f"compute_dtype={compute_dtype!r} needs float32 weights (dtype="
+                         f"np.float32), got dtype {np.dtype(dtype)}")
+    return compute_dtype
+
+
 def _check_dtype(dtype):
     try:
         dt = np.dtype(dtype)

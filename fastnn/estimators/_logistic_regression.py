@@ -11,7 +11,7 @@ from .. import functional as F
 from .. import distributed as _dist
 from .. import nn, optim
 from ._base import (BaseEstimator, check_classification_targets, ClassifierMixin,
-                    ConvergenceWarning, _ALWAYS_STOP, _check_dtype, _check_fitted,
+                    ConvergenceWarning, _ALWAYS_STOP, _check_compute_dtype, _check_dtype, _check_fitted,
                     _check_sample_weight, _is_int, _SKLEARN,
                     _Progress, _rng_from, _sigmoid, _threads, _two_columns, _validate)
 from ._state import _classes_from_state, _classes_state, _decode_param, _encode_param
@@ -36,6 +36,11 @@ class LogisticRegression(ClassifierMixin, BaseEstimator):
         ``max_iter`` epochs; "auto" learning rate 1/L from the mean squared
         row norm; stops when the epoch loss improves by less than ``tol`` for
         ``n_iter_no_change`` epochs.
+    compute_dtype : None (default) or "bfloat16" (with dtype=np.float32): the
+        products take bfloat16 operands and accumulate in float32, as for
+        :class:`MLPClassifier`.  A binary "gd" fit rounds X to bfloat16 once (a
+        copy) and w at each evaluation; it is bound by reading X, so this buys
+        no speed there.  A sparse X's products stay float32.
     comm : an mpi4py communicator or None: data-parallel training, as for
         :class:`MLPClassifier` (same X, y on every rank; "gd" splits the rows of
         each full-batch gradient over the ranks).
@@ -46,7 +51,8 @@ class LogisticRegression(ClassifierMixin, BaseEstimator):
 
     def __init__(self, penalty="l2", *, C=1.0, solver="gd", tol=1e-4, max_iter=1000,
                  learning_rate="auto", fit_intercept=True, batch_size=32, n_iter_no_change=5,
-                 random_state=None, verbose=False, dtype=np.float64, n_threads=None, comm=None):
+                 random_state=None, verbose=False, dtype=np.float64, compute_dtype=None,
+                 n_threads=None, comm=None):
         self.penalty = penalty
         self.C = C
         self.solver = solver
@@ -59,6 +65,7 @@ class LogisticRegression(ClassifierMixin, BaseEstimator):
         self.random_state = random_state
         self.verbose = verbose
         self.dtype = dtype
+        self.compute_dtype = compute_dtype
         self.n_threads = n_threads
         self.comm = comm
 
@@ -75,7 +82,9 @@ class LogisticRegression(ClassifierMixin, BaseEstimator):
             if not _is_int(getattr(self, name)):
                 raise ValueError(f"{name} must be a positive integer, got {getattr(self, name)!r}")
         _threads(self.n_threads)
-        return _check_dtype(self.dtype)
+        dtype = _check_dtype(self.dtype)
+        _check_compute_dtype(self.compute_dtype, dtype)
+        return dtype
 
     def fit(self, X, y, sample_weight=None):
         """Fit the model.  ``sample_weight``: one non-negative weight per
@@ -102,6 +111,10 @@ class LogisticRegression(ClassifierMixin, BaseEstimator):
             target = idx.astype(dtype) if k == 1 else idx.astype(np.int64)
             lam = 0.0 if self.penalty is None else 1.0 / (self.C * total)
             if self.solver == "gd":
+                if self.compute_dtype is not None and k == 1 and not scipy.sparse.issparse(X):
+                    # the binary kernel's products on bf16 X (rounded once, a copy)
+                    # and w (rounded at each evaluation, _smooth)
+                    X = F._round_bf16(X)
                 W, b = self._fit_gd(X, target, sw, k, lam)
             else:
                 W, b = self._fit_sgd(X, target, sw, k, lam)
@@ -126,13 +139,14 @@ class LogisticRegression(ClassifierMixin, BaseEstimator):
                 loss, G = F.softmax_cross_entropy(Z, target, sample_weight=sw)
             gW, gb = F.sparse_dense_backward(X, W, Z, G, overwrite_grad_out=True)
         elif W.shape[1] == 1:
-            loss, gw, gb = F.logistic_loss_grad(X, W[:, 0], float(b[0]), target, sample_weight=sw)
+            w = W[:, 0] if self.compute_dtype is None else F._round_bf16(W[:, 0])
+            loss, gw, gb = F.logistic_loss_grad(X, w, float(b[0]), target, sample_weight=sw)
             gW, gb = gw.reshape(-1, 1), np.array([gb], X.dtype)
         else:
-            Z = F.dense_forward(X, W, b)
+            Z = F.dense_forward(X, W, b, compute_dtype=self.compute_dtype)
             loss, G = F.softmax_cross_entropy(Z, target, sample_weight=sw)
             _, gW, gb = F.dense_backward(X, W, Z, G, need_input_grad=False,
-                                         overwrite_grad_out=True)
+                                         overwrite_grad_out=True, compute_dtype=self.compute_dtype)
         if self.comm is not None:
             loss, gW, gb = _dist.weighted_mean(self.comm, local, loss, gW, gb)
         if lam_l2:
@@ -208,7 +222,8 @@ class LogisticRegression(ClassifierMixin, BaseEstimator):
     # -- minibatch SGD ----------------------------------------------------------
     def _fit_sgd(self, X, target, sw, k, lam):
         n, d = X.shape
-        dense = nn.Dense(d, k, init="zeros", bias=self.fit_intercept, dtype=X.dtype)
+        dense = nn.Dense(d, k, init="zeros", bias=self.fit_intercept, dtype=X.dtype,
+                         compute_dtype=self.compute_dtype)
         model = nn.Sequential(dense)
         loss = nn.BinaryCrossEntropyWithLogits() if k == 1 else nn.SoftmaxCrossEntropy()
         if self.learning_rate == "auto":
@@ -246,8 +261,12 @@ class LogisticRegression(ClassifierMixin, BaseEstimator):
         _check_fitted(self)
         with _threads(self.n_threads):
             X, _ = _validate(self, X, reset=False)
-            forward = F.sparse_dense_forward if scipy.sparse.issparse(X) else F.dense_forward
-            Z = forward(X, np.ascontiguousarray(self.coef_.T), self.intercept_)
+            W = np.ascontiguousarray(self.coef_.T)
+            if scipy.sparse.issparse(X):
+                Z = F.sparse_dense_forward(X, W, self.intercept_)
+            else:
+                Z = F.dense_forward(X, W, self.intercept_,
+                                    compute_dtype=getattr(self, "compute_dtype", None))
         return Z[:, 0] if Z.shape[1] == 1 else Z
 
     def predict_proba(self, X):

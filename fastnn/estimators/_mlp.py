@@ -17,7 +17,8 @@ from .. import functional as F
 from .. import init as _init
 from .. import distributed as _dist
 from .. import nn, optim
-from ._base import (BaseEstimator, ConvergenceWarning, _ALWAYS_STOP, _check_dtype, _check_fitted,
+from ._base import (BaseEstimator, ConvergenceWarning, _ALWAYS_STOP, _check_compute_dtype,
+                    _check_dtype, _check_fitted,
                     _check_sample_weight, _is_int, _Progress, _rng_from, _SKLEARN, _threads,
                     _validate)
 from ._state import _decode_param, _encode_param
@@ -176,8 +177,12 @@ class _BaseMLP(BaseEstimator):
             raise ValueError("partial_fit does not support early_stopping=True")
         if self.callbacks is not None and not all(callable(cb) for cb in self.callbacks):
             raise ValueError("callbacks must be a list of callables f(estimator, logs)")
+        dtype = None if self.dtype is None else _check_dtype(self.dtype)
+        if _check_compute_dtype(self.compute_dtype, dtype) and self.solver == "lbfgs":
+            raise ValueError("compute_dtype='bfloat16' needs a stochastic solver, 'adam' or "
+                             "'sgd' (L-BFGS's line search needs the exact float32 gradient)")
         _threads(self.n_threads)
-        return sizes, None if self.dtype is None else _check_dtype(self.dtype)
+        return sizes, dtype
 
     # -- fitting ---------------------------------------------------------------
     def fit(self, X, y, sample_weight=None):
@@ -193,6 +198,7 @@ class _BaseMLP(BaseEstimator):
         X, y = _validate(self, X, y, reset=first, y_kind=self._kind)
         if dtype is None:  # follow X (scikit-learn's rule: float32 stays, the rest float64)
             dtype = X.dtype if first else self.coefs_[0].dtype
+            _check_compute_dtype(self.compute_dtype, dtype)
         if sample_weight is not None:
             if self.comm is not None:
                 raise ValueError("sample_weight is not supported with comm")
@@ -210,6 +216,7 @@ class _BaseMLP(BaseEstimator):
         trainer = getattr(self, "_trainer", None)
         if not incremental or trainer is None or not trainer.matches(self, dtype):
             trainer = self._trainer = _Trainer(self, dtype, rng)
+        trainer.network.compute_dtype = self.compute_dtype
         X = X.astype(dtype, copy=False)
         if self.solver == "lbfgs":
             self._fit_lbfgs(trainer, X, target, sample_weight)
@@ -511,8 +518,12 @@ class _BaseMLP(BaseEstimator):
         A = X
         last = len(self.coefs_) - 1
         for i, (W, b) in enumerate(zip(self.coefs_, self.intercepts_)):
-            layer = F.sparse_dense_forward if scipy.sparse.issparse(A) else F.dense_forward
-            A = layer(A, W, b, "identity" if i == last else act, alpha=_LEAKY_SLOPE)
+            kind = "identity" if i == last else act
+            if scipy.sparse.issparse(A):
+                A = F.sparse_dense_forward(A, W, b, kind, alpha=_LEAKY_SLOPE)
+            else:
+                A = F.dense_forward(A, W, b, kind, alpha=_LEAKY_SLOPE, compute_dtype=(
+                    self.compute_dtype if W.dtype == np.float32 else None))
         return A
 
     def _raw_output(self, X):

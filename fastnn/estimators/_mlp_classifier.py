@@ -29,6 +29,12 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
     dtype : float32 (default), float64, or None (follow X, as scikit-learn: float32
         X stays float32, anything else computes in float64); the dtype of the
         weights and computations.
+    compute_dtype : None (default) or "bfloat16".  With float32 weights, the matrix
+        products of fit and predict take bfloat16 operands (round to nearest even) and
+        accumulate in float32, on AMX or AVX512_BF16 where the CPU has them
+        (``fastnn.build_info()["bf16"]``); weights, optimiser state, activations and
+        losses stay float32.  Not with solver="lbfgs"; a sparse X's first-layer
+        products stay float32.
     n_threads : int or None.  Threads for fit/predict (None: fastnn's current setting).
     validation_data : (X_val, y_val) or None.  A validation set scored after every
         epoch (``validation_scores_``); with ``early_stopping=True`` it replaces the
@@ -52,8 +58,8 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
                  random_state=None, tol=1e-4, verbose=False, warm_start=False, momentum=0.9,
                  nesterovs_momentum=True, early_stopping=False, validation_fraction=0.1,
                  beta_1=0.9, beta_2=0.999, epsilon=1e-8, n_iter_no_change=10, max_fun=15000,
-                 l1=0.0, dropout=0.0, dtype=np.float32, n_threads=None, validation_data=None,
-                 callbacks=None, comm=None):
+                 l1=0.0, dropout=0.0, dtype=np.float32, compute_dtype=None, n_threads=None,
+                 validation_data=None, callbacks=None, comm=None):
         self._store_params(locals())
 
     @_stochastic_only

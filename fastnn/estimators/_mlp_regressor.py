@@ -27,8 +27,8 @@ class MLPRegressor(RegressorMixin, _BaseMLP):
                  random_state=None, tol=1e-4, verbose=False, warm_start=False, momentum=0.9,
                  nesterovs_momentum=True, early_stopping=False, validation_fraction=0.1,
                  beta_1=0.9, beta_2=0.999, epsilon=1e-8, n_iter_no_change=10, max_fun=15000,
-                 l1=0.0, dropout=0.0, dtype=np.float32, n_threads=None, validation_data=None,
-                 callbacks=None, comm=None):
+                 l1=0.0, dropout=0.0, dtype=np.float32, compute_dtype=None, n_threads=None,
+                 validation_data=None, callbacks=None, comm=None):
         self._store_params(locals())
 
     def _check_params(self, incremental):
