@@ -181,7 +181,8 @@ def environment_lines(thread_list):
         f"{np.__version__}, SciPy {scipy.__version__}" + "".join(
             f", {name} {version}" for name, version in optional_versions()),
         f"- fastnn build: OpenMP {info.get('openmp')} ({info.get('openmp_runtime')}), "
-        f"SIMD kernels {info.get('simd_kernels')}, GEMM {info.get('gemm')}, BLAS "
+        f"SIMD kernels {info.get('simd_kernels')}, GEMM {info.get('gemm')}, bf16 products "
+        f"{info.get('bf16')} ({info.get('bf16_why')}), BLAS "
         f"{info.get('blas')}, BLAS thread "
         f"control: {info.get('blas_thread_control')}",
         f"- OPENBLAS_CORETYPE="

@@ -152,15 +152,16 @@ def _fastnn_estimator():
 
 PEERS = {
     "softmax_xent": ("fastnn", "reference", "torch"),
-    "dense": ("fastnn", "reference", "torch"),
-    "mlp_epoch": ("fastnn", "reference", "torch", "sklearn", "fastnn.MLPClassifier"),
+    "dense": ("fastnn", "reference", "torch", "fastnn.bf16", "torch.bf16"),
+    "mlp_epoch": ("fastnn", "reference", "torch", "sklearn", "fastnn.MLPClassifier",
+                  "fastnn.bf16", "torch.bf16"),
     "logreg_gd": ("fastnn", "reference", "torch"),
 }
 
 
 def missing_reason(impl):
     """Why peer ``impl`` cannot run here, or None when it can."""
-    if impl == "torch" and torch is None:
+    if impl in ("torch", "torch.bf16") and torch is None:
         return "PyTorch is not installed (optional peer: pip install torch)"
     if impl == "sklearn" and SklearnMLP is None:
         return "scikit-learn is not installed (optional peer: pip install scikit-learn)"
@@ -275,31 +276,35 @@ def _softmax_xent(impl, data):
 def _dense(impl, data):
     X, W, b, dY = data["X"], data["W"], data["b"], data["dY"]
     state = {}
-    if impl == "fastnn":
+    if impl in ("fastnn", "fastnn.bf16"):
         # reused output buffers, as fastnn.nn.Dense uses the kernels
         Y = np.empty((X.shape[0], W.shape[1]), DTYPE)
         bufs = (np.empty_like(X), np.empty_like(W), np.empty_like(b))
+        compute = "bfloat16" if impl == "fastnn.bf16" else None
 
         def run():
-            F.dense_forward(X, W, b, "relu", out=Y)
-            state["grads"] = F.dense_backward(X, W, Y, dY, "relu", out=bufs)
+            F.dense_forward(X, W, b, "relu", out=Y, compute_dtype=compute)
+            state["grads"] = F.dense_backward(X, W, Y, dY, "relu", out=bufs,
+                                              compute_dtype=compute)
         return Case(run, lambda: (Y, *state["grads"]))
     if impl == "reference":
         def run():
             state["Y"] = Y = R.dense_forward(X, W, b, "relu")
             state["grads"] = R.dense_backward(X, W, Y, dY, "relu")
         return Case(run, lambda: (state["Y"], *state["grads"]))
-    if impl == "torch":
+    if impl in ("torch", "torch.bf16"):
         Xt = torch.from_numpy(X).requires_grad_(True)
         Wt = torch.from_numpy(np.ascontiguousarray(W.T)).requires_grad_(True)  # (out, in)
         bt = torch.from_numpy(b).requires_grad_(True)
         dYt = torch.from_numpy(dY)
+        autocast = _autocast(impl)
 
         def run():
             Xt.grad = Wt.grad = bt.grad = None
-            Yt = torch.relu(torch.nn.functional.linear(Xt, Wt, bt))
-            Yt.backward(dYt)
-            state["Y"] = Yt
+            with autocast():
+                Yt = torch.relu(torch.nn.functional.linear(Xt, Wt, bt))
+            Yt.float().backward(dYt)
+            state["Y"] = Yt.float()
         return Case(run, lambda: (state["Y"].detach().numpy(), Xt.grad.numpy(),
                                   Wt.grad.numpy().T, bt.grad.numpy()))
     raise KeyError(impl)
@@ -311,8 +316,10 @@ def _dense(impl, data):
 def _mlp_epoch(impl, data, batch):
     X, y, init, order = data["X"], data["y"], data["init"], data["order"]
     state = {}
-    if impl == "fastnn":
+    if impl in ("fastnn", "fastnn.bf16"):
         model = _fastnn_mlp()
+        if impl == "fastnn.bf16":
+            model.compute_dtype = "bfloat16"
         loss = nn.SoftmaxCrossEntropy()
         opt = optim.SGD(model.parameters(), lr=MLP_LR, momentum=0.0)
 
@@ -330,8 +337,8 @@ def _mlp_epoch(impl, data, batch):
             for k, v in init.items():
                 np.copyto(params[k], v)
         return Case(run, lambda: (state["loss"], _updates(params, init)), reset)
-    if impl == "torch":
-        return _torch_epoch(X, y, init, order, batch)
+    if impl in ("torch", "torch.bf16"):
+        return _torch_epoch(X, y, init, order, batch, _autocast(impl))
     if impl in ("sklearn", "fastnn.MLPClassifier"):
         cls = SklearnMLP if impl == "sklearn" else _fastnn_estimator()
         clf = cls(hidden_layer_sizes=MLP_HIDDEN, activation="relu", solver="sgd",
@@ -407,7 +414,15 @@ def numpy_epoch(params, X, y, order, batch, lr):
     return total / n
 
 
-def _torch_epoch(X, y, init, order, batch):
+def _autocast(impl):
+    """torch.bf16: PyTorch's bf16 mixed precision (autocast, float32 master
+    weights), the idiomatic way to train in bf16 on a CPU."""
+    if impl == "torch.bf16":
+        return lambda: torch.autocast("cpu", dtype=torch.bfloat16)
+    return contextlib.nullcontext
+
+
+def _torch_epoch(X, y, init, order, batch, autocast=contextlib.nullcontext):
     """nn.Sequential + optim.SGD, the idiomatic PyTorch loop, on the same
     initial weights and sample order as the fastnn and reference peers."""
     tnn = torch.nn
@@ -432,7 +447,9 @@ def _torch_epoch(X, y, init, order, batch):
             idx = order_t[start:start + batch]
             xb, yb = Xt[idx], yt[idx]
             opt.zero_grad()
-            loss = torch.nn.functional.cross_entropy(model(xb), yb)
+            with autocast():
+                logits = model(xb)
+            loss = torch.nn.functional.cross_entropy(logits.float(), yb)
             loss.backward()
             opt.step()
             total += loss.item() * idx.shape[0]
@@ -510,6 +527,12 @@ _TOL = {"softmax_xent": 1e-4, "dense": 1e-4, "mlp_epoch": 1e-3, "logreg_gd": 1e-
 # 128 (469 steps) and up to 24% at batch 32 (1875 steps), measured; a missing
 # or wrong update is ~100% off.  The epoch loss (rtol above) is the tight check.
 _MLP_UPDATE_RTOL = 0.5
+# bf16 products: operands rounded to 8 significant bits; the epoch loss
+# within 3% of float32's (the accuracy goal of compute_dtype="bfloat16"), a
+# product within a few 2^-8 of the output's scale; the epoch's updates (rounding
+# amplified through the ReLU kinks, as above) within a bound a missing update breaks
+_BF16_TOL = {"dense": 2 ** -5, "mlp_epoch": 0.03}
+_MLP_BF16_UPDATE_RTOL = 0.7
 # peers with their own initialisation and sample order (sklearn and the
 # estimator) reach a comparable, not identical, loss after one epoch
 _MLP_OWN_INIT_RTOL = 0.1
@@ -517,8 +540,10 @@ _MLP_OWN_INIT_RTOL = 0.1
 
 def check_agreement(workload, impl, result, expected):
     """Raise AssertionError when ``result`` (of ``impl``) and ``expected``
-    (of the reference) disagree beyond float32 rounding."""
-    rtol = _TOL[workload]
+    (of the reference) disagree beyond float32 rounding (bf16 rounding for
+    the bf16 peers)."""
+    bf16 = impl.endswith(".bf16")
+    rtol = _BF16_TOL[workload] if bf16 else _TOL[workload]
     if workload == "mlp_epoch" and impl in ("sklearn", "fastnn.MLPClassifier"):
         loss, ref_loss = result[0], expected[0]
         assert np.isfinite(loss) and abs(loss - ref_loss) <= _MLP_OWN_INIT_RTOL * ref_loss, (
@@ -530,7 +555,7 @@ def check_agreement(workload, impl, result, expected):
             f"{impl}: epoch loss {loss:.6f}, reference {ref_loss:.6f}")
         for i, (got, want) in enumerate(zip(updates, ref_updates, strict=True)):
             err = np.linalg.norm(got - want) / np.linalg.norm(want)
-            assert err <= _MLP_UPDATE_RTOL, (
+            assert err <= (_MLP_BF16_UPDATE_RTOL if bf16 else _MLP_UPDATE_RTOL), (
                 f"{impl}: update of parameter {i} is {err:.1%} away from the reference's")
         return
     for i, (got, want) in enumerate(zip(_flatten(result), _flatten(expected), strict=True)):

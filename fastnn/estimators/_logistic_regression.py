@@ -36,11 +36,12 @@ class LogisticRegression(ClassifierMixin, BaseEstimator):
         ``max_iter`` epochs; "auto" learning rate 1/L from the mean squared
         row norm; stops when the epoch loss improves by less than ``tol`` for
         ``n_iter_no_change`` epochs.
-    compute_dtype : None (default) or "bfloat16" (with dtype=np.float32): the
-        products take bfloat16 operands and accumulate in float32, as for
-        :class:`MLPClassifier`.  A binary "gd" fit rounds X to bfloat16 once (a
-        copy) and w at each evaluation; it is bound by reading X, so this buys
-        no speed there.  A sparse X's products stay float32.
+    compute_dtype : None (default) or "bfloat16" (with dtype=np.float32).  "sgd":
+        the products take bfloat16 operands and accumulate in float32, as for
+        :class:`MLPClassifier`.  "gd": X is rounded to bfloat16 once (a copy) and
+        the weights stay float32 (its line search needs a smooth objective); this
+        models bf16 data and buys no speed (the fit is bound by reading X).
+        Prediction rounds both.  A sparse X's products stay float32.
     comm : an mpi4py communicator or None: data-parallel training, as for
         :class:`MLPClassifier` (same X, y on every rank; "gd" splits the rows of
         each full-batch gradient over the ranks).
@@ -111,9 +112,10 @@ class LogisticRegression(ClassifierMixin, BaseEstimator):
             target = idx.astype(dtype) if k == 1 else idx.astype(np.int64)
             lam = 0.0 if self.penalty is None else 1.0 / (self.C * total)
             if self.solver == "gd":
-                if self.compute_dtype is not None and k == 1 and not scipy.sparse.issparse(X):
-                    # the binary kernel's products on bf16 X (rounded once, a copy)
-                    # and w (rounded at each evaluation, _smooth)
+                if self.compute_dtype is not None and not scipy.sparse.issparse(X):
+                    # X rounded to bf16 once (a copy), the weights kept float32: the
+                    # line search needs a smooth objective, which rounding the
+                    # weights at every evaluation is not
                     X = F._round_bf16(X)
                 W, b = self._fit_gd(X, target, sw, k, lam)
             else:
@@ -139,14 +141,13 @@ class LogisticRegression(ClassifierMixin, BaseEstimator):
                 loss, G = F.softmax_cross_entropy(Z, target, sample_weight=sw)
             gW, gb = F.sparse_dense_backward(X, W, Z, G, overwrite_grad_out=True)
         elif W.shape[1] == 1:
-            w = W[:, 0] if self.compute_dtype is None else F._round_bf16(W[:, 0])
-            loss, gw, gb = F.logistic_loss_grad(X, w, float(b[0]), target, sample_weight=sw)
+            loss, gw, gb = F.logistic_loss_grad(X, W[:, 0], float(b[0]), target, sample_weight=sw)
             gW, gb = gw.reshape(-1, 1), np.array([gb], X.dtype)
         else:
-            Z = F.dense_forward(X, W, b, compute_dtype=self.compute_dtype)
+            Z = F.dense_forward(X, W, b)
             loss, G = F.softmax_cross_entropy(Z, target, sample_weight=sw)
             _, gW, gb = F.dense_backward(X, W, Z, G, need_input_grad=False,
-                                         overwrite_grad_out=True, compute_dtype=self.compute_dtype)
+                                         overwrite_grad_out=True)
         if self.comm is not None:
             loss, gW, gb = _dist.weighted_mean(self.comm, local, loss, gW, gb)
         if lam_l2:
