@@ -377,6 +377,9 @@ FASTNN_AMX_TARGET static void fastnn_bf16_amx_block(const uint16_t *Ap, const ui
         cfg.rows[t] = 16;
         cfg.colsb[t] = 64;
     }
+    /* GCC 12 declares ldtilecfg's operand as 8 bytes: without this the
+     * stores of rows/colsb above may be dropped */
+    __asm__ volatile("" : : "m"(cfg) : "memory");
     _tile_loadconfig(&cfg);
     float edge[32 * 32] __attribute__((aligned(64)));
     const ptrdiff_t kq = kk / 2, steps = kk / 32, a_stride = kk * 2;

@@ -70,27 +70,27 @@ cdef inline Py_ssize_t _round_up(Py_ssize_t a, Py_ssize_t b) noexcept nogil:
     return (a + b - 1) // b * b
 
 
-cdef TileGrid _bf16_grid(Py_ssize_t m, Py_ssize_t n, Py_ssize_t k) noexcept nogil:
-    """_tile_grid's tiling (whatever the BLAS), tile sides rounded up to
-    whole 32 x 32 blocks of the packing: a function of the shape alone."""
-    cdef TileGrid g
-    g.m, g.n = m, n
-    g.row_tiles = g.col_tiles = 1
-    if m * n * k >= MIN_PARALLEL_GEMM:
-        g.row_tiles = _cdiv(m, GEMM_TILE_ROWS)
-        g.col_tiles = _cdiv(n, GEMM_TILE_COLS)
-        while g.row_tiles * g.col_tiles < GEMM_MIN_TILES:
-            if n // g.col_tiles >= max(m // g.row_tiles, 2 * GEMM_MIN_TILE_SIDE):
-                g.col_tiles *= 2
-            elif m // g.row_tiles >= 2 * GEMM_MIN_TILE_SIDE:
-                g.row_tiles *= 2
-            else:
-                break
-    g.tile_rows = _round_up(_cdiv(m, g.row_tiles), FASTNN_BF16_BLOCK)
-    g.tile_cols = _round_up(_cdiv(n, g.col_tiles), FASTNN_BF16_BLOCK)
-    g.row_tiles = _cdiv(m, g.tile_rows)
-    g.col_tiles = _cdiv(n, g.tile_cols)
-    return g
+cdef enum:
+    BF16_ROWS, BF16_COLS, BF16_SHARED     # how a team splits a product (_bf16_share)
+
+cdef enum:
+    # up to this many rows of op(A) each thread packs its own copy of op(B):
+    # reading packing another core has just written costs more than packing
+    # B twice at the small batches of training (measured on a 2-core
+    # Sapphire Rapids: 128x256x128 28 -> 8 us, 128x784x256 58 -> 41 us)
+    BF16_PRIVATE_B_ROWS = 1024
+    BF16_TILE_ROWS = 512        # cache blocking of a thread's share of C
+    BF16_TILE_COLS = 256
+
+
+cdef inline Py_ssize_t _bf16_team(Py_ssize_t m, Py_ssize_t n, Py_ssize_t k) noexcept nogil:
+    """Threads for one product: the 32-row (or column) blocks of C along its
+    longer side split in contiguous runs, one per thread (_bf16_share).
+    Each element's sum is a function of k alone, so any split gives the same
+    bits."""
+    if _n_threads <= 1 or m * n * k < MIN_PARALLEL_GEMM:
+        return 1
+    return min(<Py_ssize_t>_n_threads, _cdiv(max(m, n), FASTNN_BF16_BLOCK))
 
 
 cdef void _bf16_round_rows(const float* x, Py_ssize_t ldx, float* y, Py_ssize_t rows,
@@ -136,20 +136,56 @@ cdef inline void _bf16_pack_block(Py_ssize_t t, Py_ssize_t a_blocks, bint trans_
                            s + FASTNN_BF16_BLOCK // 16, Bp)
 
 
-cdef inline void _bf16_tile(int path, const TileGrid* g, Py_ssize_t t, const uint16_t* Ap,
-                            const uint16_t* Bp, Py_ssize_t kk, float* C, Py_ssize_t ldc,
-                            const float* bias, int kind, float alpha,
-                            const SgdUpdate* update) noexcept nogil:
-    cdef Py_ssize_t i0 = (t // g.col_tiles) * g.tile_rows, j0 = (t % g.col_tiles) * g.tile_cols
-    cdef Py_ssize_t i1 = min(i0 + g.tile_rows, g.m), j1 = min(j0 + g.tile_cols, g.n), i
-    if i1 <= i0 or j1 <= j0:
+cdef void _bf16_rows(int path, Py_ssize_t i0, Py_ssize_t i1, Py_ssize_t c0, Py_ssize_t c1,
+                    const uint16_t* Ap, const uint16_t* Bp, Py_ssize_t kk, float* C,
+                    Py_ssize_t ldc, const float* bias, int kind, float alpha,
+                    const SgdUpdate* update) noexcept nogil:
+    """C[i0:i1, c0:c1] from the packed operands, in cache tiles, each
+    followed by its epilogue (bias + activation, or C's parameter update)."""
+    cdef Py_ssize_t r0 = i0, r1, j0, j1, i
+    while r0 < i1:
+        r1 = min(r0 + BF16_TILE_ROWS, i1)
+        j0 = c0
+        while j0 < c1:
+            j1 = min(j0 + BF16_TILE_COLS, c1)
+            fastnn_bf16_block(path, Ap, Bp, kk, r0, r1, j0, j1, C, ldc)
+            if bias != NULL or kind != IDENTITY:
+                _bias_activation(C, bias, r0, r1, j0, j1, ldc, kind, alpha)
+            if update != NULL:      # C is a gradient: its parameter's SGD step
+                for i in range(r0, r1):
+                    _sgd_apply(update, C + i * ldc + j0, i * ldc + j0, j1 - j0)
+            j0 = j1
+        r0 = r1
+
+
+cdef inline void _bf16_share(int path, Py_ssize_t t, Py_ssize_t team, int split,
+                             bint trans_a, bint trans_b, Py_ssize_t m, Py_ssize_t n,
+                             Py_ssize_t k, Py_ssize_t kk, const float* A, Py_ssize_t lda,
+                             const float* B, Py_ssize_t ldb, uint16_t* Ap, Py_ssize_t a_size,
+                             uint16_t* Bp, Py_ssize_t b_size, float* C, Py_ssize_t ldc,
+                             const float* bias, int kind, float alpha,
+                             const SgdUpdate* update) noexcept nogil:
+    """Thread t's share of a product.  BF16_ROWS: its run of 32-row blocks
+    of C, packing those rows of op(A) and all of op(B) (its own copy)
+    itself; BF16_COLS: its run of 32-column blocks, packing those columns of
+    op(B) and all of op(A) (its own copy); BF16_SHARED: its rows of C from
+    operands the team has packed."""
+    cdef Py_ssize_t blocks = _cdiv(n if split == BF16_COLS else m, FASTNN_BF16_BLOCK)
+    cdef Py_ssize_t s0 = t * blocks // team * FASTNN_BF16_BLOCK
+    cdef Py_ssize_t s1 = (t + 1) * blocks // team * FASTNN_BF16_BLOCK
+    cdef Py_ssize_t si = 1 if trans_a else lda, sp = lda if trans_a else 1
+    cdef Py_ssize_t bp = 1 if trans_b else ldb, bj = ldb if trans_b else 1
+    if split == BF16_ROWS:
+        Bp = Bp + t * b_size
+        fastnn_bf16_pack_b(B, bp, bj, k, n, kk, 0, _round_up(n, FASTNN_BF16_BLOCK) // 16, Bp)
+        fastnn_bf16_pack_a(A, si, sp, m, k, kk, s0, s1, Ap)
+    elif split == BF16_COLS:
+        Ap = Ap + t * a_size
+        fastnn_bf16_pack_a(A, si, sp, m, k, kk, 0, _round_up(m, FASTNN_BF16_BLOCK), Ap)
+        fastnn_bf16_pack_b(B, bp, bj, k, n, kk, s0 // 16, s1 // 16, Bp)
+        _bf16_rows(path, 0, m, s0, min(s1, n), Ap, Bp, kk, C, ldc, bias, kind, alpha, update)
         return
-    fastnn_bf16_block(path, Ap, Bp, kk, i0, i1, j0, j1, C, ldc)
-    if bias != NULL or kind != IDENTITY:
-        _bias_activation(C, bias, i0, i1, j0, j1, ldc, kind, alpha)
-    if update != NULL:      # C is a gradient: its parameter's SGD step, as _gemm_tile's
-        for i in range(i0, i1):
-            _sgd_apply(update, C + i * ldc + j0, i * ldc + j0, j1 - j0)
+    _bf16_rows(path, s0, min(s1, m), 0, n, Ap, Bp, kk, C, ldc, bias, kind, alpha, update)
 
 
 cdef int _bf16_tiled(bint trans_a, bint trans_b, Py_ssize_t m, Py_ssize_t n, Py_ssize_t k,
@@ -183,21 +219,32 @@ cdef int _bf16_tiled(bint trans_a, bint trans_b, Py_ssize_t m, Py_ssize_t n, Py_
         return 0
     cdef Py_ssize_t kk = _round_up(k, fastnn_bf16_kstep(path))
     cdef Py_ssize_t m_pad = _round_up(m, FASTNN_BF16_BLOCK), n_pad = _round_up(n, FASTNN_BF16_BLOCK)
-    cdef uint16_t* Ap = <uint16_t*> aligned_alloc(64, _round_up(m_pad * kk * 2, 64))
-    cdef uint16_t* Bp = <uint16_t*> aligned_alloc(64, _round_up(n_pad * kk * 2, 64))
+    cdef Py_ssize_t team = _bf16_team(m, n, k), t
+    # bf16 elements of one copy of each packed operand (64-byte multiples)
+    cdef Py_ssize_t a_size = _round_up(m_pad * kk, 32), b_size = _round_up(n_pad * kk, 32)
+    # the team splits C along its longer side, each thread packing its own
+    # copy of the operand all its blocks read (the smaller one); past
+    # BF16_PRIVATE_B_ROWS rows, the operands are packed over the team first
+    cdef int split = (BF16_SHARED if m > BF16_PRIVATE_B_ROWS and n > BF16_PRIVATE_B_ROWS
+                      else BF16_COLS if n > m and _cdiv(n, FASTNN_BF16_BLOCK) >= team
+                      else BF16_ROWS)
+    cdef uint16_t* Ap = <uint16_t*> aligned_alloc(
+        64, (team if team > 1 and split == BF16_COLS else 1) * a_size * 2)
+    cdef uint16_t* Bp = <uint16_t*> aligned_alloc(
+        64, (team if team > 1 and split == BF16_ROWS else 1) * b_size * 2)
     if Ap == NULL or Bp == NULL:
         free(Ap)
         free(Bp)
         return -1
-    _bf16_pack(path, trans_a, trans_b, m, n, k, kk, A, lda, B, ldb, Ap, Bp)
-    cdef TileGrid g = _bf16_grid(m, n, k)
-    cdef Py_ssize_t n_tiles = g.row_tiles * g.col_tiles, t
-    if _n_threads > 1 and n_tiles > 1:
-        for t in prange(n_tiles, schedule="dynamic", num_threads=_n_threads):
-            _bf16_tile(path, &g, t, Ap, Bp, kk, C, ldc, bias, kind, alpha, update)
+    if team == 1:
+        _bf16_pack(path, trans_a, trans_b, m, n, k, kk, A, lda, B, ldb, Ap, Bp)
+        _bf16_rows(path, 0, m, 0, n, Ap, Bp, kk, C, ldc, bias, kind, alpha, update)
     else:
-        for t in range(n_tiles):
-            _bf16_tile(path, &g, t, Ap, Bp, kk, C, ldc, bias, kind, alpha, update)
+        if split == BF16_SHARED:
+            _bf16_pack(path, trans_a, trans_b, m, n, k, kk, A, lda, B, ldb, Ap, Bp)
+        for t in prange(team, schedule="static", num_threads=team):
+            _bf16_share(path, t, team, split, trans_a, trans_b, m, n, k, kk, A, lda, B, ldb,
+                        Ap, a_size, Bp, b_size, C, ldc, bias, kind, alpha, update)
     free(Ap)
     free(Bp)
     return 0
