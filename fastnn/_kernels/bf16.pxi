@@ -74,11 +74,12 @@ cdef enum:
     BF16_ROWS, BF16_COLS, BF16_SHARED     # how a team splits a product (_bf16_share)
 
 cdef enum:
-    # up to this many rows of op(A) each thread packs its own copy of op(B):
+    # while C has at most this many rows or columns, each thread packs its
+    # own copy of the operand it reads whole (_bf16_share):
     # reading packing another core has just written costs more than packing
     # B twice at the small batches of training (measured on a 2-core
     # Sapphire Rapids: 128x256x128 28 -> 8 us, 128x784x256 58 -> 41 us)
-    BF16_PRIVATE_B_ROWS = 1024
+    BF16_PRIVATE_SIDE = 256
     BF16_TILE_ROWS = 512        # cache blocking of a thread's share of C
     BF16_TILE_COLS = 256
 
@@ -223,9 +224,10 @@ cdef int _bf16_tiled(bint trans_a, bint trans_b, Py_ssize_t m, Py_ssize_t n, Py_
     # bf16 elements of one copy of each packed operand (64-byte multiples)
     cdef Py_ssize_t a_size = _round_up(m_pad * kk, 32), b_size = _round_up(n_pad * kk, 32)
     # the team splits C along its longer side, each thread packing its own
-    # copy of the operand all its blocks read (the smaller one); past
-    # BF16_PRIVATE_B_ROWS rows, the operands are packed over the team first
-    cdef int split = (BF16_SHARED if m > BF16_PRIVATE_B_ROWS and n > BF16_PRIVATE_B_ROWS
+    # copy of the operand all its blocks read (the smaller one); when both
+    # sides exceed BF16_PRIVATE_SIDE, the operands are packed over the team
+    # first (at 1024^3 or 4096x512x512 that was as fast, with less memory)
+    cdef int split = (BF16_SHARED if min(m, n) > BF16_PRIVATE_SIDE
                       else BF16_COLS if n > m and _cdiv(n, FASTNN_BF16_BLOCK) >= team
                       else BF16_ROWS)
     cdef uint16_t* Ap = <uint16_t*> aligned_alloc(
