@@ -68,5 +68,6 @@ def measure(benchmark):
         if gflop is not None and benchmark.stats is not None:
             benchmark.extra_info["gflops"] = gflop / benchmark.stats.stats.median
         if impl != "reference":
-            W.check_agreement(workload, impl, case.result(), reference_result(workload, shape))
+            W.check_agreement(workload, impl, case.result(), reference_result(workload, shape),
+                              shape)
     return measure

@@ -227,3 +227,31 @@ def test_fits_option_parses():
     assert parser.parse_args(["--fits", "mlp_sparse"]).fits == ["mlp_sparse"]
     with pytest.raises(SystemExit):
         parser.parse_args(["--fits", "svm"])
+
+
+def test_bf16_peers_are_held_to_their_tolerance():
+    """fastnn.bf16 and torch.bf16: agreeing results pass, wrong ones fail."""
+    shape = W.SMOKE_SHAPES["dense"][0]
+    data = W.make_data("dense", shape)
+    expected = None     # dense bf16 peers are checked against the bf16 twin
+    case = W._dense("fastnn.bf16", data)
+    case.run()
+    good = [np.array(x) for x in case.result()]
+    W.check_agreement("dense", "fastnn.bf16", good, expected, shape)
+    bad = [x.copy() for x in good]
+    bad[2][0, 0] += 1e-3 * np.abs(bad[2]).max()          # dW off in one element
+    with pytest.raises(AssertionError):
+        W.check_agreement("dense", "fastnn.bf16", bad, expected, shape)
+    bad = [x.copy() for x in good]
+    bad[1] *= 0.8                                        # a 20% wrong input gradient
+    with pytest.raises(AssertionError, match="away from the bf16 reference"):
+        W.check_agreement("dense", "torch.bf16", bad, expected, shape)
+    epoch = W.SMOKE_SHAPES["mlp_epoch"][0]
+    ref = W.make_case("mlp_epoch", epoch, "reference")
+    ref.run()
+    ref_loss, ref_updates = ref.result()
+    W.check_agreement("mlp_epoch", "fastnn.bf16", (ref_loss * 1.02, ref_updates),
+                      (ref_loss, ref_updates), epoch)
+    with pytest.raises(AssertionError, match="epoch loss"):
+        W.check_agreement("mlp_epoch", "fastnn.bf16", (ref_loss * 1.05, ref_updates),
+                          (ref_loss, ref_updates), epoch)

@@ -55,6 +55,10 @@ PEER_NOTES = {
     "sklearn": "sklearn.neural_network.MLPClassifier(solver='sgd', momentum=0, alpha=0, "
                "max_iter=1), one fit (includes its input checks and initialisation)",
     "fastnn.MLPClassifier": "fastnn.MLPClassifier with the same parameters as sklearn's",
+    "fastnn.bf16": "fastnn with compute_dtype='bfloat16' (bf16 products, float32 "
+                   "accumulation, weights and activations; the bf16 path above)",
+    "torch.bf16": "PyTorch bf16 mixed precision: the torch peer under "
+                  "torch.autocast('cpu', dtype=torch.bfloat16), float32 master weights",
 }
 
 
@@ -404,7 +408,7 @@ def run_shape(workload, shape, repeats, block_seconds, peers=None):
         if impl == "reference" or expected is None:
             continue
         try:
-            W.check_agreement(workload, impl, case.result(), expected)
+            W.check_agreement(workload, impl, case.result(), expected, shape)
         except AssertionError as exc:
             # one line: what differs and by how much, without the arrays
             lines = [line.strip() for line in str(exc).splitlines()]
