@@ -142,7 +142,8 @@ def cpu_description():
                     break
     except OSError:
         pass
-    simd = [name for name, flag in (("AVX-512", "avx512f"), ("AVX2", "avx2"), ("FMA", "fma"))
+    simd = [name for name, flag in (("AVX-512", "avx512f"), ("AVX512_BF16", "avx512_bf16"),
+                                    ("AMX-BF16", "amx_bf16"), ("AVX2", "avx2"), ("FMA", "fma"))
             if flag in flags]
     return f"{model} ({', '.join(simd) or 'no AVX'})"
 
