@@ -14,22 +14,12 @@ import numpy as np
 import pytest
 
 import fastnn
-from fastnn import _config, _kernels, nn, optim
+from fastnn import _kernels, nn, optim
 from fastnn import reference as R
 from fastnn.bench import workloads as W
-from test_bf16 import PATHS, THREAD_COUNTS, bf16_bound
+from test_bf16 import THREAD_COUNTS, bf16_bound, path  # noqa: F401 (path: the fixture)
 
 BF16 = "bfloat16"
-
-
-@pytest.fixture(params=PATHS)
-def path(request):
-    reason = _config.bf16_unavailable(request.param)
-    if reason is not None:
-        pytest.skip(reason)
-    previous = _config._set_bf16_path(request.param)
-    yield request.param
-    _kernels.bf16_path(previous)
 
 
 def _mlp(sizes, compute_dtype=BF16, seed=0, activation="relu"):
@@ -223,54 +213,50 @@ def test_mlp_epoch_loss_within_3_percent_of_float32(path):
     assert last[BF16] == pytest.approx(last[None], rel=0.03), last
 
 
-def _digits():
+def _digits_split():
+    """(X_train, y_train, X_test, y_test) of scikit-learn's digits."""
     datasets = pytest.importorskip("sklearn.datasets")
     model_selection = pytest.importorskip("sklearn.model_selection")
     X, y = datasets.load_digits(return_X_y=True)
-    return model_selection.train_test_split(X / 16, y, random_state=0)
+    Xtr, Xte, ytr, yte = model_selection.train_test_split(X / 16, y, random_state=0)
+    return Xtr, ytr, Xte, yte
+
+
+def _scores(make, X, y, X_test, y_test):
+    """{compute_dtype: test score} of make(compute_dtype) fitted in float32 and bf16."""
+    scores = {}
+    for compute_dtype in (None, BF16):
+        est = make(compute_dtype)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")     # ConvergenceWarning at max_iter
+            est.fit(X, y)
+        scores[compute_dtype] = est.score(X_test, y_test)
+    return scores
 
 
 def test_digits_mlp_accuracy_within_one_point(path):
-    Xtr, Xte, ytr, yte = _digits()
-    scores = {}
-    for compute_dtype in (None, BF16):
-        clf = fastnn.MLPClassifier((128,), random_state=0, max_iter=60,
-                                   compute_dtype=compute_dtype)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            clf.fit(Xtr, ytr)
-        scores[compute_dtype] = clf.score(Xte, yte)
+    scores = _scores(lambda cd: fastnn.MLPClassifier((128,), random_state=0, max_iter=60,
+                                                     compute_dtype=cd), *_digits_split())
     assert scores[BF16] >= scores[None] - 0.01, scores
 
 
 @pytest.mark.parametrize("solver", ["gd", "sgd"])
 @pytest.mark.parametrize("binary", [True, False])
 def test_logistic_regression_accuracy_within_one_point(path, solver, binary):
-    Xtr, Xte, ytr, yte = _digits()
+    Xtr, ytr, Xte, yte = _digits_split()
     if binary:
         ytr, yte = ytr > 4, yte > 4
-    scores = {}
-    for compute_dtype in (None, BF16):
-        clf = fastnn.LogisticRegression(solver=solver, dtype=np.float32, max_iter=200,
-                                        compute_dtype=compute_dtype, random_state=0)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            clf.fit(Xtr, ytr)
-        scores[compute_dtype] = clf.score(Xte, yte)
+    scores = _scores(lambda cd: fastnn.LogisticRegression(
+        solver=solver, dtype=np.float32, max_iter=200, compute_dtype=cd, random_state=0),
+        Xtr, ytr, Xte, yte)
     assert scores[BF16] >= scores[None] - 0.01, scores
 
 
 def test_regressor_trains_in_bf16(path, rng):
     X = rng.standard_normal((400, 12)).astype(np.float32)
     y = np.sin(X[:, 0]) + X[:, 1] ** 2
-    scores = {}
-    for compute_dtype in (None, BF16):
-        reg = fastnn.MLPRegressor(hidden_layer_sizes=(32,), random_state=0, max_iter=150,
-                                  compute_dtype=compute_dtype)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            reg.fit(X, y)
-        scores[compute_dtype] = reg.score(X, y)
+    scores = _scores(lambda cd: fastnn.MLPRegressor(hidden_layer_sizes=(32,), random_state=0,
+                                                    max_iter=150, compute_dtype=cd), X, y, X, y)
     assert scores[BF16] >= scores[None] - 0.02, scores
 
 
