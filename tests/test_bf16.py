@@ -19,6 +19,7 @@ import errno
 import os
 import subprocess
 import sys
+import tempfile
 import warnings
 
 import numpy as np
@@ -344,14 +345,27 @@ def test_build_info_reports_the_path():
     assert isinstance(info["bf16_why"], str) and info["bf16_why"]
 
 
+def _run_child(args, **env_changes):
+    """``python args`` on this very fastnn (in-tree or installed) from an
+    empty directory (``python -c`` puts the cwd first on sys.path, where an
+    unbuilt source tree would shadow an installed fastnn); ``env_changes``
+    None unsets a variable."""
+    root = os.path.dirname(os.path.dirname(fastnn.__file__))
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(
+        filter(None, [root, os.environ.get("PYTHONPATH")])))
+    env.update(env_changes)
+    env = {k: v for k, v in env.items() if v is not None}
+    with tempfile.TemporaryDirectory() as cwd:
+        return subprocess.run([sys.executable, *args], env=env, capture_output=True, text=True,
+                              timeout=120, cwd=cwd)
+
+
 def _child(env_value):
-    env = dict(os.environ, FASTNN_BF16=env_value)
     code = ("import warnings; warnings.simplefilter('always');\n"
             "import fastnn, numpy as np; from fastnn import functional as F;\n"
             "i = fastnn.build_info(); print(i['bf16']); print(i['bf16_why']);\n"
             "A = np.ones((33, 65), np.float32); print(float(F.matmul_bf16(A, A.T)[0, 0]))")
-    return subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
-                          timeout=120)
+    return _run_child(["-c", code], FASTNN_BF16=env_value)
 
 
 def test_forcing_emulated_in_a_subprocess():
@@ -427,9 +441,7 @@ def test_bad_inputs():
 def test_no_warning_at_import():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        proc = subprocess.run([sys.executable, "-W", "error", "-c", "import fastnn"],
-                              capture_output=True, text=True, timeout=120,
-                              env={k: v for k, v in os.environ.items() if k != "FASTNN_BF16"})
+        proc = _run_child(["-W", "error", "-c", "import fastnn"], FASTNN_BF16=None)
     assert proc.returncode == 0, proc.stderr
 
 
@@ -455,10 +467,7 @@ def test_every_simd_variant_runs_the_bf16_paths():
     for variant in _kernels.SIMD_VARIANTS_BUILT:
         if not _kernels.cpu_supports(variant, _kernels.cpu_flags()):
             continue
-        env = {k: v for k, v in os.environ.items() if k != "FASTNN_BF16"}
-        env["FASTNN_SIMD"] = variant
-        proc = subprocess.run([sys.executable, "-c", VARIANT_CHILD], env=env,
-                              capture_output=True, text=True, timeout=120)
+        proc = _run_child(["-c", VARIANT_CHILD], FASTNN_BF16=None, FASTNN_SIMD=variant)
         assert proc.returncode == 0, proc.stderr
         name, *ran = proc.stdout.split()
         assert name == variant and ran == _runnable_paths()

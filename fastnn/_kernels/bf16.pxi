@@ -1,7 +1,9 @@
 # bf16 matrix products (csrc/fastnn_bf16.h): float32 operands rounded to
 # bfloat16 (RNE) while packed, float32 accumulation, the float32 GEMM's
-# conventions (row-major C = op(A) op(B), shape-only output tiles spread over
-# the team, bias + activation epilogue per tile).  Three paths: AMX-BF16,
+# conventions (row-major C = op(A) op(B), bias + activation or SGD epilogue
+# per tile; C split over the team in whole 32-row or 32-column blocks,
+# _bf16_share, each element's sum in an order fixed by k, so the same bits at
+# any thread count).  Three paths: AMX-BF16,
 # AVX512_BF16, emulated (rounded float32 copies on the float32 products);
 # fastnn/_config.py chooses one at import (CPU flags, OS permission,
 # FASTNN_BF16) and sets it here.

@@ -31,8 +31,9 @@ def dense_stack_step(list layers, const floating[:, ::1] X, int loss,
     loss gradient goes to ``loss_grad``; each layer's input gradient straight
     into the D of the layer below (none for the first layer).  Returns the
     weighted loss sum (MemoryError if a bf16 product's packing buffers
-    cannot be allocated: the parameters may then be half updated).  The layers' arrays are checked here (_stack_array),
-    X, the targets and loss_grad by their memoryviews.
+    cannot be allocated: the parameters may then be half updated).  The
+    layers' arrays are checked here (_stack_array), X, the targets and
+    loss_grad by their memoryviews.
 
     ``sgd``: None, or an SGD step to take on the way, as sgd_step's
     arguments (views, regularize, lr, momentum, nesterov, l2, l1), views

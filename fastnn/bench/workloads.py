@@ -533,9 +533,10 @@ _MLP_UPDATE_RTOL = 0.5
 # bf16-rounded operands and differs in the order of the float32 sums only
 # (measured: 1e-6 of the scale); PyTorch's autocast also rounds the bias and
 # its outputs to bf16, which moves ReLU kinks: 3-16% elementwise, 2-4%
-# norm-wise (measured), held norm-wise to 1/8.  mlp_epoch: the epoch loss within 3% of float32's (the accuracy
-# goal of compute_dtype="bfloat16"); the updates (rounding amplified
-# through the ReLU kinks, as above) within a bound a missing update breaks.
+# norm-wise (measured), held norm-wise to 1/8.  mlp_epoch: the epoch loss
+# within 3% of float32's (the accuracy goal of compute_dtype="bfloat16"); the
+# updates (rounding amplified through the ReLU kinks, as above) within a
+# bound a missing update breaks.
 _BF16_TOL = {"dense": 2 ** -12, "mlp_epoch": 0.03}
 _TORCH_BF16_NORM_RTOL = 0.125
 _MLP_BF16_UPDATE_RTOL = 0.7

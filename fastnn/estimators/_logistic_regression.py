@@ -11,8 +11,8 @@ from .. import functional as F
 from .. import distributed as _dist
 from .. import nn, optim
 from ._base import (BaseEstimator, check_classification_targets, ClassifierMixin,
-                    ConvergenceWarning, _ALWAYS_STOP, _check_compute_dtype, _check_dtype, _check_fitted,
-                    _check_sample_weight, _is_int, _SKLEARN,
+                    ConvergenceWarning, _ALWAYS_STOP, _check_compute_dtype, _check_dtype,
+                    _check_fitted, _check_sample_weight, _is_int, _SKLEARN,
                     _Progress, _rng_from, _sigmoid, _threads, _two_columns, _validate)
 from ._state import _classes_from_state, _classes_state, _decode_param, _encode_param
 
