@@ -393,26 +393,32 @@ def dense_backward(A, W, O, grad_out, activation="identity", *, alpha=0.01,
         if result is not None:
             return result
     A, W, _ = _dense_operands(A, W, None)
-    n, n_out = A.shape[0], W.shape[1]
-    O = _contiguous(O, "O", W.dtype, (2,))
-    _check_shape(O, "O", (n, n_out), " (the layer's output)")
-    if overwrite_grad_out:
-        G = _output(grad_out, "grad_out", (n, n_out), W.dtype, A, W, O)
-        delta = G
-    else:
-        G = _contiguous(grad_out, "grad_out", W.dtype, (2,))
-        _check_shape(G, "grad_out", (n, n_out), " (the shape of O)")
-        delta = np.empty_like(G)
+    O, G, delta = _backward_operands(O, grad_out, overwrite_grad_out, (A.shape[0], W.shape[1]),
+                                     W, A)
     dA_out, dW_out, db_out = (None, None, None) if out is None else _unpack3(out)
     inputs = (A, W, O, G)
     dW = _output(dW_out, "out[1] (dW)", W.shape, W.dtype, *inputs)
-    db = _output(db_out, "out[2] (db)", (n_out,), W.dtype, *inputs, dW)
+    db = _output(db_out, "out[2] (db)", (W.shape[1],), W.dtype, *inputs, dW)
     dA = None
     if need_input_grad:
         dA = _output(dA_out, "out[0] (dA)", A.shape, W.dtype, *inputs, dW, db)
     backward = _kernels.bf16_dense_backward if bf16 else _kernels.dense_backward
     backward(A, W, O, G, delta, dA, dW, db, kind, alpha)
     return dA, dW, db
+
+
+def _backward_operands(O, grad_out, overwrite_grad_out, shape, W, A):
+    """(O, grad_out, delta) of a dense layer's backward pass, in W's dtype
+    and of ``shape``: delta is grad_out itself when it may be overwritten
+    (then it must not share memory with W, the input A or O), else new."""
+    O = _contiguous(O, "O", W.dtype, (2,))
+    _check_shape(O, "O", shape, " (the layer's output)")
+    if overwrite_grad_out:
+        G = _output(grad_out, "grad_out", shape, W.dtype, W, A, O)
+        return O, G, G
+    G = _contiguous(grad_out, "grad_out", W.dtype, (2,))
+    _check_shape(G, "grad_out", shape, " (the shape of O)")
+    return O, G, np.empty_like(G)
 
 
 def _unpack3(out):
@@ -571,16 +577,8 @@ def sparse_dense_backward(X, W, O, grad_out, activation="identity", *, alpha=0.0
     kind = _activation(activation, alpha)
     X, W = _sparse_operands(X, W)
     _, data, indices, indptr = X
-    n, n_out = X.shape[0], W.shape[1]
-    O = _contiguous(O, "O", W.dtype, (2,))
-    _check_shape(O, "O", (n, n_out), " (the layer's output)")
-    if overwrite_grad_out:
-        G = _output(grad_out, "grad_out", (n, n_out), W.dtype, W, O, data)
-        delta = G
-    else:
-        G = _contiguous(grad_out, "grad_out", W.dtype, (2,))
-        _check_shape(G, "grad_out", (n, n_out), " (the shape of O)")
-        delta = np.empty_like(G)
+    O, G, delta = _backward_operands(O, grad_out, overwrite_grad_out, (X.shape[0], W.shape[1]),
+                                     W, data)
     if out is None:
         dW_out = db_out = None
     elif isinstance(out, (tuple, list)) and len(out) == 2:
@@ -589,7 +587,7 @@ def sparse_dense_backward(X, W, O, grad_out, activation="identity", *, alpha=0.0
         raise TypeError("out must be a pair (dW, db) of arrays (either may be None)")
     inputs = (W, O, G, data)
     dW = _output(dW_out, "out[0] (dW)", W.shape, W.dtype, *inputs)
-    db = _output(db_out, "out[1] (db)", (n_out,), W.dtype, *inputs, dW)
+    db = _output(db_out, "out[1] (db)", (W.shape[1],), W.dtype, *inputs, dW)
     _kernels.sparse_dense_backward(data, indices, indptr, O, G, delta, dW, db, kind, alpha)
     return dW, db
 

@@ -297,20 +297,27 @@ def softmax_cross_entropy(logits, target, *, sample_weight=None, reduction="mean
     return _reduce(per_sample, weights, reduction, total), _finish(grad, out)
 
 
+def _pointwise_operands(x, x_name, t, t_name, reduction):
+    """(x, t, dtype) of a pointwise loss: x 1-D (N,) or 2-D (N, K), t of its
+    shape and dtype, the reduction checked."""
+    x = _primary(x, x_name)
+    if x.ndim not in (1, 2):
+        raise ValueError(f"{x_name} must be 1-D (N,) or 2-D (N, K), got shape {x.shape}")
+    _check_reduction(reduction)
+    dtype = x.dtype.type
+    t = _secondary(t, dtype)
+    if t.shape != x.shape:
+        raise ValueError(f"{t_name} must have the shape of {x_name} {x.shape}, got {t.shape}")
+    return x, t, dtype
+
+
 def binary_cross_entropy_with_logits(z, t, *, sample_weight=None, reduction="mean", out=None):
     """Binary cross-entropy on logits, z of shape (N,) or (N, K).
 
     Element loss max(z, 0) - t z + log1p(exp(-|z|)), gradient sigmoid(z) - t;
     a sample's loss is the sum over its K outputs.
     """
-    z = _primary(z, "z")
-    if z.ndim not in (1, 2):
-        raise ValueError(f"z must be 1-D (N,) or 2-D (N, K), got shape {z.shape}")
-    _check_reduction(reduction)
-    dtype = z.dtype.type
-    t = _secondary(t, dtype)
-    if t.shape != z.shape:
-        raise ValueError(f"t must have the shape of z {z.shape}, got {t.shape}")
+    z, t, dtype = _pointwise_operands(z, "z", t, "t", reduction)
     n = z.shape[0]
     weights, scale, total = _sample_weights(sample_weight, n, reduction, dtype)
 
@@ -324,14 +331,7 @@ def binary_cross_entropy_with_logits(z, t, *, sample_weight=None, reduction="mea
 
 def mse_loss(o, y, *, sample_weight=None, reduction="mean", out=None):
     """Half squared error: per-sample loss 1/2 sum_k (o - y)^2, gradient (o - y)."""
-    o = _primary(o, "o")
-    if o.ndim not in (1, 2):
-        raise ValueError(f"o must be 1-D (N,) or 2-D (N, K), got shape {o.shape}")
-    _check_reduction(reduction)
-    dtype = o.dtype.type
-    y = _secondary(y, dtype)
-    if y.shape != o.shape:
-        raise ValueError(f"y must have the shape of o {o.shape}, got {y.shape}")
+    o, y, dtype = _pointwise_operands(o, "o", y, "y", reduction)
     n = o.shape[0]
     weights, scale, total = _sample_weights(sample_weight, n, reduction, dtype)
 
@@ -353,14 +353,7 @@ def poisson_loss(z, y, *, sample_weight=None, reduction="mean", out=None):
     y = 0 contribute exp(z) alone (xlogy(0, 0) = 0, and 0 * z is not
     evaluated, so z = -inf gives 0).
     """
-    z = _primary(z, "z")
-    if z.ndim not in (1, 2):
-        raise ValueError(f"z must be 1-D (N,) or 2-D (N, K), got shape {z.shape}")
-    _check_reduction(reduction)
-    dtype = z.dtype.type
-    y = _secondary(y, dtype)
-    if y.shape != z.shape:
-        raise ValueError(f"y must have the shape of z {z.shape}, got {y.shape}")
+    z, y, dtype = _pointwise_operands(z, "z", y, "y", reduction)
     if not np.all(y >= 0):
         raise ValueError("y must be non-negative for the Poisson loss")
     n = z.shape[0]
