@@ -64,6 +64,69 @@
 #include <immintrin.h>
 #endif
 
+/* ---- packing buffers, kept per thread between products ----
+ * Training calls the same few products thousands of times; a fresh buffer
+ * of a few hundred KB is an mmap that page-faults on every call (measured:
+ * 67 -> 77 us for 128x784x256 serial).  Each thread keeps one buffer per
+ * slot (the largest asked for, up to FASTNN_BF16_KEEP bytes), freed when the
+ * thread exits; larger ones are allocated per call.  fastnn_bf16_scratch
+ * and fastnn_bf16_scratch_done go in pairs, in the same thread. */
+#include <pthread.h>
+
+enum { FASTNN_BF16_SLOTS = 2 };
+#define FASTNN_BF16_KEEP ((size_t)16 << 20)
+
+struct fastnn_bf16_kept { void *p[FASTNN_BF16_SLOTS]; size_t size[FASTNN_BF16_SLOTS]; };
+
+static pthread_key_t fastnn_bf16_key;
+static int fastnn_bf16_key_ok;
+static pthread_once_t fastnn_bf16_once = PTHREAD_ONCE_INIT;
+
+static void fastnn_bf16_kept_free(void *kept)
+{
+    struct fastnn_bf16_kept *k = (struct fastnn_bf16_kept *)kept;
+    for (int i = 0; i < FASTNN_BF16_SLOTS; i++) free(k->p[i]);
+    free(k);
+}
+
+static void fastnn_bf16_key_create(void)
+{
+    fastnn_bf16_key_ok = pthread_key_create(&fastnn_bf16_key, fastnn_bf16_kept_free) == 0;
+}
+
+/* A 64-byte aligned buffer of `bytes` (> 0) for this thread's slot, or NULL. */
+static void *fastnn_bf16_scratch(int slot, size_t bytes)
+{
+    bytes = (bytes + 63) & ~(size_t)63;
+    pthread_once(&fastnn_bf16_once, fastnn_bf16_key_create);
+    if (bytes > FASTNN_BF16_KEEP || !fastnn_bf16_key_ok)
+        return aligned_alloc(64, bytes);
+    struct fastnn_bf16_kept *k = (struct fastnn_bf16_kept *)pthread_getspecific(fastnn_bf16_key);
+    if (k == NULL) {
+        k = (struct fastnn_bf16_kept *)calloc(1, sizeof *k);
+        if (k == NULL)
+            return NULL;
+        if (pthread_setspecific(fastnn_bf16_key, k) != 0) {
+            free(k);
+            return NULL;
+        }
+    }
+    if (k->size[slot] < bytes) {
+        free(k->p[slot]);
+        k->p[slot] = aligned_alloc(64, bytes);
+        k->size[slot] = k->p[slot] != NULL ? bytes : 0;
+    }
+    return k->p[slot];
+}
+
+/* The end of a product's use of fastnn_bf16_scratch(slot, bytes) == p. */
+static void fastnn_bf16_scratch_done(void *p, size_t bytes)
+{
+    bytes = (bytes + 63) & ~(size_t)63;
+    if (bytes > FASTNN_BF16_KEEP || !fastnn_bf16_key_ok)
+        free(p);
+}
+
 /* Path codes (bf16.pxi's _bf16_path). */
 enum { FASTNN_BF16_EMULATED = 0, FASTNN_BF16_AVX512BF16 = 1, FASTNN_BF16_AMXBF16 = 2 };
 
@@ -184,6 +247,36 @@ FASTNN_BF16_TARGET static inline __m512i fastnn_bf16_pairs(const float *x, ptrdi
     return _mm512_permutexvar_epi16(pairs, (__m512i)_mm512_cvtne2ps_pbh(odd, even));
 }
 
+/* The 16 x 16 matrix of 32-bit elements (pairs of bf16) in v[0..15],
+ * transposed in place: 32-bit, 64-bit, then 128-bit lane interleaves. */
+FASTNN_BF16_TARGET static inline void fastnn_bf16_transpose16(__m512i v[16])
+{
+    __m512i t[16];
+    for (int i = 0; i < 16; i += 2) {
+        t[i] = _mm512_unpacklo_epi32(v[i], v[i + 1]);
+        t[i + 1] = _mm512_unpackhi_epi32(v[i], v[i + 1]);
+    }
+    /* v[4g + c]: in lane L, rows 4g..4g+3 of column 4L + c */
+    for (int g = 0; g < 16; g += 4) {
+        v[g] = _mm512_unpacklo_epi64(t[g], t[g + 2]);
+        v[g + 1] = _mm512_unpackhi_epi64(t[g], t[g + 2]);
+        v[g + 2] = _mm512_unpacklo_epi64(t[g + 1], t[g + 3]);
+        v[g + 3] = _mm512_unpackhi_epi64(t[g + 1], t[g + 3]);
+    }
+    /* column 4L + c gathers lane L of v[c], v[4 + c], v[8 + c], v[12 + c] */
+    for (int c = 0; c < 4; c++) {
+        const __m512i x0 = _mm512_shuffle_i32x4(v[c], v[4 + c], 0x44);
+        const __m512i x1 = _mm512_shuffle_i32x4(v[c], v[4 + c], 0xEE);
+        const __m512i y0 = _mm512_shuffle_i32x4(v[8 + c], v[12 + c], 0x44);
+        const __m512i y1 = _mm512_shuffle_i32x4(v[8 + c], v[12 + c], 0xEE);
+        t[c] = _mm512_shuffle_i32x4(x0, y0, 0x88);
+        t[4 + c] = _mm512_shuffle_i32x4(x0, y0, 0xDD);
+        t[8 + c] = _mm512_shuffle_i32x4(x1, y1, 0x88);
+        t[12 + c] = _mm512_shuffle_i32x4(x1, y1, 0xDD);
+    }
+    for (int i = 0; i < 16; i++) v[i] = t[i];
+}
+
 /* Ap rows [i0, i1): op(A) = A row-major (sp == 1) or A^T (si == 1)
  * vectorised, else scalar. */
 FASTNN_BF16_TARGET static void fastnn_bf16_pack_a(const float *A, ptrdiff_t si, ptrdiff_t sp,
@@ -192,19 +285,24 @@ FASTNN_BF16_TARGET static void fastnn_bf16_pack_a(const float *A, ptrdiff_t si, 
 {
     if (sp != 1 && si == 1 && (i1 - i0) % 16 == 0) {
         /* A^T: rows p and p + 1 of A (16 of its columns at a time, which are
-         * rows of op(A)) become 16 pairs, each scattered to its row of Ap */
+         * rows of op(A)) become 16 pairs; 16 such vectors (32 values of p)
+         * transposed are 64 contiguous bytes of 16 rows of Ap */
         const ptrdiff_t kq = kk / 2;
-        const __m512i rows = _mm512_mullo_epi32(
-            _mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0),
-            _mm512_set1_epi32((int)kq));
         for (ptrdiff_t h = i0; h < i1; h += 16) {
             const ptrdiff_t cols = m - h;
             const __mmask16 mask = cols >= 16 ? (__mmask16)0xFFFF
                                    : cols > 0 ? (__mmask16)((1u << cols) - 1) : 0;
-            uint32_t *dst = (uint32_t *)(void *)(Ap + h * kk);
-            for (ptrdiff_t q = 0; q < kq; q++)
-                _mm512_i32scatter_epi32((void *)(dst + q), rows,
-                                        fastnn_bf16_pairs(A + h, sp, 2 * q, k, mask), 4);
+            for (ptrdiff_t q0 = 0; q0 < kq; q0 += 16) {
+                __m512i v[16];
+                for (int t = 0; t < 16; t++)
+                    v[t] = fastnn_bf16_pairs(A + h, sp, 2 * (q0 + t), k, mask);
+                fastnn_bf16_transpose16(v);
+                const ptrdiff_t left = kq - q0;     /* pairs of this group inside kk */
+                const __mmask32 words = left >= 16 ? (__mmask32)0xFFFFFFFFu
+                                                   : (__mmask32)((1u << (2 * left)) - 1);
+                for (int j = 0; j < 16; j++)
+                    _mm512_mask_storeu_epi16((void *)(Ap + (h + j) * kk + 2 * q0), words, v[j]);
+            }
         }
         return;
     }
@@ -235,44 +333,30 @@ FASTNN_BF16_TARGET static void fastnn_bf16_pack_a(const float *A, ptrdiff_t si, 
 
 /* Bp groups [g0, g1): op(B) = B row-major (sj == 1) vectorised: rows 2q and
  * 2q + 1 of 16 columns converted together and interleaved into pairs; B^T
- * (sp == 1) through a converted copy of the group's rows and gathers. */
+ * (sp == 1) converted row by row and transposed in registers. */
 FASTNN_BF16_TARGET static void fastnn_bf16_pack_b(const float *B, ptrdiff_t sp, ptrdiff_t sj,
                                                   ptrdiff_t k, ptrdiff_t n, ptrdiff_t kk,
                                                   ptrdiff_t g0, ptrdiff_t g1, uint16_t *Bp)
 {
     const ptrdiff_t kq = kk / 2;
-    if (sj != 1 && sp == 1 && 16 * kq < 0x7FFFFFFF) {
-        /* B^T: a pair is two neighbours in a row of B; each row of the
-         * group (a column of op(B)) is converted once, contiguously, then
-         * the group's 16 rows are gathered pair by pair */
-        uint32_t *rows = (uint32_t *)aligned_alloc(64, (size_t)(16 * kq + 16) * 4);
-        if (rows == NULL) {
-            fastnn_bf16_pack_b_scalar(B, sp, sj, k, n, kk, g0, g1, Bp);
-            return;
-        }
-        const __m512i idx = _mm512_mullo_epi32(
-            _mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0),
-            _mm512_set1_epi32((int)kq));
+    if (sj != 1 && sp == 1) {
+        /* B^T: a pair is two neighbours in a row of B (a column of op(B));
+         * 32 values of p of the group's 16 rows, converted and transposed,
+         * are its 16 pair vectors */
         for (ptrdiff_t g = g0; g < g1; g++) {
-            for (ptrdiff_t jj = 0; jj < 16; jj++) {
-                const ptrdiff_t j = 16 * g + jj;
-                uint16_t *row = (uint16_t *)(void *)(rows + jj * kq);
-                ptrdiff_t p = 0;
-                if (j < n)
-                    for (; p < kk; p += 32) {
-                        const ptrdiff_t w = kk - p < 32 ? kk - p : 32;
-                        const __m512i v = fastnn_bf16_cvt32(B + j * sj + p, k - p < w ? k - p : w);
-                        _mm512_mask_storeu_epi16((void *)(row + p), (__mmask32)(w >= 32
-                                                 ? 0xFFFFFFFFu : (1u << w) - 1), v);
-                    }
-                for (; p < kk; p++) row[p] = 0;
-            }
             uint16_t *panel = Bp + g * kq * 32;
-            for (ptrdiff_t q = 0; q < kq; q++)
-                _mm512_store_si512((void *)(panel + q * 32),
-                                   _mm512_i32gather_epi32(idx, (const void *)(rows + q), 4));
+            for (ptrdiff_t q0 = 0; q0 < kq; q0 += 16) {
+                __m512i v[16];
+                for (int jj = 0; jj < 16; jj++)
+                    v[jj] = 16 * g + jj < n
+                        ? fastnn_bf16_cvt32(B + (16 * g + jj) * sj + 2 * q0, k - 2 * q0)
+                        : _mm512_setzero_si512();
+                fastnn_bf16_transpose16(v);
+                const int left = kq - q0 < 16 ? (int)(kq - q0) : 16;
+                for (int t = 0; t < left; t++)
+                    _mm512_store_si512((void *)(panel + (q0 + t) * 32), v[t]);
+            }
         }
-        free(rows);
         return;
     }
     if (sj != 1) {

@@ -173,6 +173,16 @@ def test_transposed_views_read_in_place(path, rng):
     assert_bf16_close(C, A.T.copy(), B.T.copy())
 
 
+def test_transposed_operand_remainders(path, rng):
+    # op(A) = A^T and op(B) = B^T are packed through 16 x 16 register
+    # transposes: every remainder of their 16 rows and 16 pairs of k
+    for m in (1, 15, 16, 17, 33, 48, 65):
+        for k in (1, 2, 31, 32, 33, 63, 65, 97):
+            A, B = _data(rng, k, m), _data(rng, 21, k)
+            assert_bf16_close(F.matmul_bf16(A.T, B.T), A.T.copy(), B.T.copy())
+            assert_bf16_close(F.matmul_bf16(A.T, B.T.copy()), A.T.copy(), B.T.copy())
+
+
 def test_exact_on_bf16_representable_inputs(path, rng):
     # small integers and halves are bf16 numbers; their products and sums
     # (below 2^24) are exact in float32 whatever the order

@@ -28,13 +28,11 @@ cdef extern from "fastnn_bf16.h" nogil:
     void fastnn_bf16_pack_b(const float* B, Py_ssize_t sp, Py_ssize_t sj, Py_ssize_t k,
                             Py_ssize_t n, Py_ssize_t kk, Py_ssize_t g0, Py_ssize_t g1,
                             uint16_t* Bp)
+    void* fastnn_bf16_scratch(int slot, size_t size)
+    void fastnn_bf16_scratch_done(void* p, size_t size)
     void fastnn_bf16_block(int path, const uint16_t* Ap, const uint16_t* Bp, Py_ssize_t kk,
                            Py_ssize_t i0, Py_ssize_t i1, Py_ssize_t j0, Py_ssize_t j1, float* C,
                            Py_ssize_t ldc)
-
-cdef extern from "<stdlib.h>" nogil:
-    void* aligned_alloc(size_t alignment, size_t size)
-
 
 BF16_PATHS = ("emulated", "avx512_bf16", "amx")     # index = the C path code
 
@@ -204,22 +202,21 @@ cdef int _bf16_tiled(bint trans_a, bint trans_b, Py_ssize_t m, Py_ssize_t n, Py_
     cdef Py_ssize_t b_rows = n if trans_b else k, b_cols = k if trans_b else n
     cdef float* Ar
     cdef float* Br
+    cdef size_t a_bytes, b_bytes     # of the packing buffers (fastnn_bf16_scratch)
     if path == FASTNN_BF16_EMULATED:
         # the operands rounded into float32 copies of the same layout, then
         # the float32 products (tiles, epilogue, threads) on them
-        Ar = <float*> malloc(a_rows * a_cols * sizeof(float))
-        Br = <float*> malloc(b_rows * b_cols * sizeof(float))
-        if Ar == NULL or Br == NULL:
-            free(Ar)
-            free(Br)
-            return -1
-        _bf16_round_rows(A, lda, Ar, a_rows, a_cols)
-        _bf16_round_rows(B, ldb, Br, b_rows, b_cols)
-        _gemm_tiled(trans_a, trans_b, m, n, k, Ar, a_cols, Br, b_cols, C, ldc, bias, kind, alpha,
-                    update)
-        free(Ar)
-        free(Br)
-        return 0
+        a_bytes, b_bytes = a_rows * a_cols * sizeof(float), b_rows * b_cols * sizeof(float)
+        Ar = <float*> fastnn_bf16_scratch(0, a_bytes)
+        Br = <float*> fastnn_bf16_scratch(1, b_bytes)
+        if Ar != NULL and Br != NULL:
+            _bf16_round_rows(A, lda, Ar, a_rows, a_cols)
+            _bf16_round_rows(B, ldb, Br, b_rows, b_cols)
+            _gemm_tiled(trans_a, trans_b, m, n, k, Ar, a_cols, Br, b_cols, C, ldc, bias, kind,
+                        alpha, update)
+        fastnn_bf16_scratch_done(Ar, a_bytes)
+        fastnn_bf16_scratch_done(Br, b_bytes)
+        return 0 if Ar != NULL and Br != NULL else -1
     cdef Py_ssize_t kk = _round_up(k, fastnn_bf16_kstep(path))
     cdef Py_ssize_t m_pad = _round_up(m, FASTNN_BF16_BLOCK), n_pad = _round_up(n, FASTNN_BF16_BLOCK)
     cdef Py_ssize_t team = _bf16_team(m, n, k), t
@@ -232,15 +229,13 @@ cdef int _bf16_tiled(bint trans_a, bint trans_b, Py_ssize_t m, Py_ssize_t n, Py_
     cdef int split = (BF16_SHARED if min(m, n) > BF16_PRIVATE_SIDE
                       else BF16_COLS if n > m and _cdiv(n, FASTNN_BF16_BLOCK) >= team
                       else BF16_ROWS)
-    cdef uint16_t* Ap = <uint16_t*> aligned_alloc(
-        64, (team if team > 1 and split == BF16_COLS else 1) * a_size * 2)
-    cdef uint16_t* Bp = <uint16_t*> aligned_alloc(
-        64, (team if team > 1 and split == BF16_ROWS else 1) * b_size * 2)
+    a_bytes = (team if team > 1 and split == BF16_COLS else 1) * a_size * 2
+    b_bytes = (team if team > 1 and split == BF16_ROWS else 1) * b_size * 2
+    cdef uint16_t* Ap = <uint16_t*> fastnn_bf16_scratch(0, a_bytes)
+    cdef uint16_t* Bp = <uint16_t*> fastnn_bf16_scratch(1, b_bytes)
     if Ap == NULL or Bp == NULL:
-        free(Ap)
-        free(Bp)
-        return -1
-    if team == 1:
+        pass
+    elif team == 1:
         _bf16_pack(path, trans_a, trans_b, m, n, k, kk, A, lda, B, ldb, Ap, Bp)
         _bf16_rows(path, 0, m, 0, n, Ap, Bp, kk, C, ldc, bias, kind, alpha, update)
     else:
@@ -249,9 +244,9 @@ cdef int _bf16_tiled(bint trans_a, bint trans_b, Py_ssize_t m, Py_ssize_t n, Py_
         for t in prange(team, schedule="static", num_threads=team):
             _bf16_share(path, t, team, split, trans_a, trans_b, m, n, k, kk, A, lda, B, ldb,
                         Ap, a_size, Bp, b_size, C, ldc, bias, kind, alpha, update)
-    free(Ap)
-    free(Bp)
-    return 0
+    fastnn_bf16_scratch_done(Ap, a_bytes)
+    fastnn_bf16_scratch_done(Bp, b_bytes)
+    return 0 if Ap != NULL and Bp != NULL else -1
 
 
 cdef _bf16_check(int status):
