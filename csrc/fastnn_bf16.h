@@ -485,21 +485,23 @@ FASTNN_AMX_TARGET static void fastnn_bf16_amx_block(const uint16_t *Ap, const ui
                 _tile_dpbf16ps(2, 5, 6);
                 _tile_dpbf16ps(3, 5, 7);
             }
+            /* the tiles go to an L1 buffer, then to C with vector stores:
+             * tile stores straight to C's rows measured 17% slower at
+             * k = 128 (784x256x128, one thread) */
+            _tile_stored(0, edge, 128);
+            _tile_stored(1, edge + 16, 128);
+            _tile_stored(2, edge + 16 * 32, 128);
+            _tile_stored(3, edge + 16 * 32 + 16, 128);
             float *c = C + ib * ldc + jb;
-            if (ib + 32 <= i1 && jb + 32 <= j1) {
-                _tile_stored(0, c, ldc * 4);
-                _tile_stored(1, c + 16, ldc * 4);
-                _tile_stored(2, c + 16 * ldc, ldc * 4);
-                _tile_stored(3, c + 16 * ldc + 16, ldc * 4);
-            } else {
-                _tile_stored(0, edge, 128);
-                _tile_stored(1, edge + 16, 128);
-                _tile_stored(2, edge + 16 * 32, 128);
-                _tile_stored(3, edge + 16 * 32 + 16, 128);
-                const ptrdiff_t rows = i1 - ib < 32 ? i1 - ib : 32;
-                const ptrdiff_t cols = j1 - jb < 32 ? j1 - jb : 32;
-                for (ptrdiff_t r = 0; r < rows; r++)
-                    memcpy(c + r * ldc, edge + r * 32, (size_t)cols * sizeof(float));
+            const ptrdiff_t rows = i1 - ib < 32 ? i1 - ib : 32;
+            const ptrdiff_t cols = j1 - jb < 32 ? j1 - jb : 32;
+            const __mmask16 m0 = cols >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << cols) - 1);
+            const __mmask16 m1 = cols >= 32 ? (__mmask16)0xFFFF
+                                 : cols > 16 ? (__mmask16)((1u << (cols - 16)) - 1) : 0;
+            for (ptrdiff_t r = 0; r < rows; r++) {
+                _mm512_mask_storeu_ps(c + r * ldc, m0, _mm512_load_ps(edge + r * 32));
+                if (m1)
+                    _mm512_mask_storeu_ps(c + r * ldc + 16, m1, _mm512_load_ps(edge + r * 32 + 16));
             }
         }
     }

@@ -176,17 +176,25 @@ cdef inline void _bf16_share(int path, Py_ssize_t t, Py_ssize_t team, int split,
     cdef Py_ssize_t s1 = (t + 1) * blocks // team * FASTNN_BF16_BLOCK
     cdef Py_ssize_t si = 1 if trans_a else lda, sp = lda if trans_a else 1
     cdef Py_ssize_t bp = 1 if trans_b else ldb, bj = ldb if trans_b else 1
+    cdef Py_ssize_t b
     if split == BF16_ROWS:
         Bp = Bp + t * b_size
         fastnn_bf16_pack_b(B, bp, bj, k, n, kk, 0, _round_up(n, FASTNN_BF16_BLOCK) // 16, Bp)
-        fastnn_bf16_pack_a(A, si, sp, m, k, kk, s0, s1, Ap)
+        # each 32-row block of op(A) packed just before its row of C (and that
+        # row's epilogue): the block is still in cache
+        for b in range(s0, s1, 32):     # FASTNN_BF16_BLOCK
+            fastnn_bf16_pack_a(A, si, sp, m, k, kk, b, b + FASTNN_BF16_BLOCK, Ap)
+            _bf16_rows(path, b, min(b + FASTNN_BF16_BLOCK, m), 0, n, Ap, Bp, kk, C, ldc, bias,
+                       kind, alpha, update)
     elif split == BF16_COLS:
         Ap = Ap + t * a_size
         fastnn_bf16_pack_a(A, si, sp, m, k, kk, 0, _round_up(m, FASTNN_BF16_BLOCK), Ap)
-        fastnn_bf16_pack_b(B, bp, bj, k, n, kk, s0 // 16, s1 // 16, Bp)
-        _bf16_rows(path, 0, m, s0, min(s1, n), Ap, Bp, kk, C, ldc, bias, kind, alpha, update)
-        return
-    _bf16_rows(path, s0, min(s1, m), 0, n, Ap, Bp, kk, C, ldc, bias, kind, alpha, update)
+        for b in range(s0, s1, 32):     # likewise for op(B)'s columns
+            fastnn_bf16_pack_b(B, bp, bj, k, n, kk, b // 16, (b + FASTNN_BF16_BLOCK) // 16, Bp)
+            _bf16_rows(path, 0, m, b, min(b + FASTNN_BF16_BLOCK, n), Ap, Bp, kk, C, ldc, bias,
+                       kind, alpha, update)
+    else:
+        _bf16_rows(path, s0, min(s1, m), 0, n, Ap, Bp, kk, C, ldc, bias, kind, alpha, update)
 
 
 cdef int _bf16_tiled(bint trans_a, bint trans_b, Py_ssize_t m, Py_ssize_t n, Py_ssize_t k,
@@ -235,6 +243,9 @@ cdef int _bf16_tiled(bint trans_a, bint trans_b, Py_ssize_t m, Py_ssize_t n, Py_
     cdef uint16_t* Bp = <uint16_t*> fastnn_bf16_scratch(1, b_bytes)
     if Ap == NULL or Bp == NULL:
         pass
+    elif team == 1 and split != BF16_SHARED:
+        _bf16_share(path, 0, 1, split, trans_a, trans_b, m, n, k, kk, A, lda, B, ldb, Ap, a_size,
+                    Bp, b_size, C, ldc, bias, kind, alpha, update)
     elif team == 1:
         _bf16_pack(path, trans_a, trans_b, m, n, k, kk, A, lda, B, ldb, Ap, Bp)
         _bf16_rows(path, 0, m, 0, n, Ap, Bp, kk, C, ldc, bias, kind, alpha, update)
