@@ -167,10 +167,11 @@ cdef inline void _bf16_share(int path, Py_ssize_t t, Py_ssize_t team, int split,
                              const float* bias, int kind, float alpha,
                              const SgdUpdate* update) noexcept nogil:
     """Thread t's share of a product.  BF16_ROWS: its run of 32-row blocks
-    of C, packing those rows of op(A) and all of op(B) (its own copy)
-    itself; BF16_COLS: its run of 32-column blocks, packing those columns of
-    op(B) and all of op(A) (its own copy); BF16_SHARED: its rows of C from
-    operands the team has packed."""
+    of C, packing all of op(B) (its own copy) and then, block by block,
+    those rows of op(A); BF16_COLS: its run of 32-column blocks, packing all
+    of op(A) (its own copy) and those columns of op(B) block by block;
+    BF16_SHARED: its rows of C from operands the team has packed.  team 1:
+    the whole product."""
     cdef Py_ssize_t blocks = _cdiv(n if split == BF16_COLS else m, FASTNN_BF16_BLOCK)
     cdef Py_ssize_t s0 = t * blocks // team * FASTNN_BF16_BLOCK
     cdef Py_ssize_t s1 = (t + 1) * blocks // team * FASTNN_BF16_BLOCK
@@ -182,7 +183,7 @@ cdef inline void _bf16_share(int path, Py_ssize_t t, Py_ssize_t team, int split,
         fastnn_bf16_pack_b(B, bp, bj, k, n, kk, 0, _round_up(n, FASTNN_BF16_BLOCK) // 16, Bp)
         # each 32-row block of op(A) packed just before its row of C (and that
         # row's epilogue): the block is still in cache
-        for b in range(s0, s1, 32):     # FASTNN_BF16_BLOCK
+        for b in range(s0, s1, 32):     # FASTNN_BF16_BLOCK (Cython needs a literal step)
             fastnn_bf16_pack_a(A, si, sp, m, k, kk, b, b + FASTNN_BF16_BLOCK, Ap)
             _bf16_rows(path, b, min(b + FASTNN_BF16_BLOCK, m), 0, n, Ap, Bp, kk, C, ldc, bias,
                        kind, alpha, update)
@@ -241,20 +242,16 @@ cdef int _bf16_tiled(bint trans_a, bint trans_b, Py_ssize_t m, Py_ssize_t n, Py_
     b_bytes = (team if team > 1 and split == BF16_ROWS else 1) * b_size * 2
     cdef uint16_t* Ap = <uint16_t*> fastnn_bf16_scratch(0, a_bytes)
     cdef uint16_t* Bp = <uint16_t*> fastnn_bf16_scratch(1, b_bytes)
-    if Ap == NULL or Bp == NULL:
-        pass
-    elif team == 1 and split != BF16_SHARED:
-        _bf16_share(path, 0, 1, split, trans_a, trans_b, m, n, k, kk, A, lda, B, ldb, Ap, a_size,
-                    Bp, b_size, C, ldc, bias, kind, alpha, update)
-    elif team == 1:
-        _bf16_pack(path, trans_a, trans_b, m, n, k, kk, A, lda, B, ldb, Ap, Bp)
-        _bf16_rows(path, 0, m, 0, n, Ap, Bp, kk, C, ldc, bias, kind, alpha, update)
-    else:
+    if Ap != NULL and Bp != NULL:
         if split == BF16_SHARED:
             _bf16_pack(path, trans_a, trans_b, m, n, k, kk, A, lda, B, ldb, Ap, Bp)
-        for t in prange(team, schedule="static", num_threads=team):
-            _bf16_share(path, t, team, split, trans_a, trans_b, m, n, k, kk, A, lda, B, ldb,
-                        Ap, a_size, Bp, b_size, C, ldc, bias, kind, alpha, update)
+        if team == 1:
+            _bf16_share(path, 0, 1, split, trans_a, trans_b, m, n, k, kk, A, lda, B, ldb, Ap,
+                        a_size, Bp, b_size, C, ldc, bias, kind, alpha, update)
+        else:
+            for t in prange(team, schedule="static", num_threads=team):
+                _bf16_share(path, t, team, split, trans_a, trans_b, m, n, k, kk, A, lda, B, ldb,
+                            Ap, a_size, Bp, b_size, C, ldc, bias, kind, alpha, update)
     fastnn_bf16_scratch_done(Ap, a_bytes)
     fastnn_bf16_scratch_done(Bp, b_bytes)
     return 0 if Ap != NULL and Bp != NULL else -1
