@@ -62,6 +62,7 @@
 #endif
 #if FASTNN_BF16_AVX512 || FASTNN_BF16_AMX
 #include <immintrin.h>
+#include "fastnn_simd.h"     /* fastnn_transpose16 */
 #endif
 
 /* ---- packing buffers, kept per thread between products ----
@@ -247,36 +248,6 @@ FASTNN_BF16_TARGET static inline __m512i fastnn_bf16_pairs(const float *x, ptrdi
     return _mm512_permutexvar_epi16(pairs, (__m512i)_mm512_cvtne2ps_pbh(odd, even));
 }
 
-/* The 16 x 16 matrix of 32-bit elements (pairs of bf16) in v[0..15],
- * transposed in place: 32-bit, 64-bit, then 128-bit lane interleaves. */
-FASTNN_BF16_TARGET static inline void fastnn_bf16_transpose16(__m512i v[16])
-{
-    __m512i t[16];
-    for (int i = 0; i < 16; i += 2) {
-        t[i] = _mm512_unpacklo_epi32(v[i], v[i + 1]);
-        t[i + 1] = _mm512_unpackhi_epi32(v[i], v[i + 1]);
-    }
-    /* v[4g + c]: in lane L, rows 4g..4g+3 of column 4L + c */
-    for (int g = 0; g < 16; g += 4) {
-        v[g] = _mm512_unpacklo_epi64(t[g], t[g + 2]);
-        v[g + 1] = _mm512_unpackhi_epi64(t[g], t[g + 2]);
-        v[g + 2] = _mm512_unpacklo_epi64(t[g + 1], t[g + 3]);
-        v[g + 3] = _mm512_unpackhi_epi64(t[g + 1], t[g + 3]);
-    }
-    /* column 4L + c gathers lane L of v[c], v[4 + c], v[8 + c], v[12 + c] */
-    for (int c = 0; c < 4; c++) {
-        const __m512i x0 = _mm512_shuffle_i32x4(v[c], v[4 + c], 0x44);
-        const __m512i x1 = _mm512_shuffle_i32x4(v[c], v[4 + c], 0xEE);
-        const __m512i y0 = _mm512_shuffle_i32x4(v[8 + c], v[12 + c], 0x44);
-        const __m512i y1 = _mm512_shuffle_i32x4(v[8 + c], v[12 + c], 0xEE);
-        t[c] = _mm512_shuffle_i32x4(x0, y0, 0x88);
-        t[4 + c] = _mm512_shuffle_i32x4(x0, y0, 0xDD);
-        t[8 + c] = _mm512_shuffle_i32x4(x1, y1, 0x88);
-        t[12 + c] = _mm512_shuffle_i32x4(x1, y1, 0xDD);
-    }
-    for (int i = 0; i < 16; i++) v[i] = t[i];
-}
-
 /* Ap rows [i0, i1): op(A) = A row-major (sp == 1) or A^T (si == 1)
  * vectorised, else scalar. */
 FASTNN_BF16_TARGET static void fastnn_bf16_pack_a(const float *A, ptrdiff_t si, ptrdiff_t sp,
@@ -293,15 +264,16 @@ FASTNN_BF16_TARGET static void fastnn_bf16_pack_a(const float *A, ptrdiff_t si, 
             const __mmask16 mask = cols >= 16 ? (__mmask16)0xFFFF
                                    : cols > 0 ? (__mmask16)((1u << cols) - 1) : 0;
             for (ptrdiff_t q0 = 0; q0 < kq; q0 += 16) {
-                __m512i v[16];
+                __m512 v[16];       /* pairs of bf16 as 32-bit lanes */
                 for (int t = 0; t < 16; t++)
-                    v[t] = fastnn_bf16_pairs(A + h, sp, 2 * (q0 + t), k, mask);
-                fastnn_bf16_transpose16(v);
+                    v[t] = _mm512_castsi512_ps(fastnn_bf16_pairs(A + h, sp, 2 * (q0 + t), k, mask));
+                fastnn_transpose16(v);
                 const ptrdiff_t left = kq - q0;     /* pairs of this group inside kk */
                 const __mmask32 words = left >= 16 ? (__mmask32)0xFFFFFFFFu
                                                    : (__mmask32)((1u << (2 * left)) - 1);
                 for (int j = 0; j < 16; j++)
-                    _mm512_mask_storeu_epi16((void *)(Ap + (h + j) * kk + 2 * q0), words, v[j]);
+                    _mm512_mask_storeu_epi16((void *)(Ap + (h + j) * kk + 2 * q0), words,
+                                             _mm512_castps_si512(v[j]));
             }
         }
         return;
@@ -346,15 +318,15 @@ FASTNN_BF16_TARGET static void fastnn_bf16_pack_b(const float *B, ptrdiff_t sp, 
         for (ptrdiff_t g = g0; g < g1; g++) {
             uint16_t *panel = Bp + g * kq * 32;
             for (ptrdiff_t q0 = 0; q0 < kq; q0 += 16) {
-                __m512i v[16];
+                __m512 v[16];       /* pairs of bf16 as 32-bit lanes */
                 for (int jj = 0; jj < 16; jj++)
-                    v[jj] = 16 * g + jj < n
-                        ? fastnn_bf16_cvt32(B + (16 * g + jj) * sj + 2 * q0, k - 2 * q0)
-                        : _mm512_setzero_si512();
-                fastnn_bf16_transpose16(v);
+                    v[jj] = 16 * g + jj < n ? _mm512_castsi512_ps(fastnn_bf16_cvt32(
+                                                  B + (16 * g + jj) * sj + 2 * q0, k - 2 * q0))
+                                            : _mm512_setzero_ps();
+                fastnn_transpose16(v);
                 const int left = kq - q0 < 16 ? (int)(kq - q0) : 16;
                 for (int t = 0; t < left; t++)
-                    _mm512_store_si512((void *)(panel + (q0 + t) * 32), v[t]);
+                    _mm512_store_ps(panel + (q0 + t) * 32, v[t]);
             }
         }
         return;

@@ -451,11 +451,15 @@ static double fastnn_xent_labels_lanes8_f(const float *Z, const int64_t *labels,
 
 #endif
 
-#if defined(__AVX512F__)
+#if defined(__x86_64__) && defined(__GNUC__)
+#include <immintrin.h>
+
 /* r[0:16] := its transpose (r[j] lane k = element (j, k) of a 16 x 16 block):
  * unpacks of pairs of floats, then of pairs of pairs, then two rounds of
- * 128-bit lane shuffles; 64 shuffles. */
-static inline void fastnn_transpose16(__m512 r[16])
+ * 128-bit lane shuffles; 64 shuffles.  A function target, not the build's
+ * -march, so that the bf16 kernels of every SIMD variant (fastnn_bf16.h,
+ * called after a CPU check) transpose their pairs of bf16 with it too. */
+__attribute__((target("avx512f"))) static inline void fastnn_transpose16(__m512 r[16])
 {
     __m512 t[16];
     for (int i = 0; i < 16; i += 2) {
@@ -483,6 +487,9 @@ static inline void fastnn_transpose16(__m512 r[16])
     for (int i = 0; i < 16; i++)
         r[i] = t[i];
 }
+#endif
+
+#if defined(__AVX512F__)
 
 /* fastnn_xent_labels_lanes8_f on AVX-512: sixteen rows per block, each
  * loaded into one register (two where c > 16) and each 16 x 16 block
