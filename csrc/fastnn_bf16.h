@@ -65,53 +65,29 @@
 #include "fastnn_simd.h"     /* fastnn_transpose16 */
 #endif
 
-/* ---- packing buffers, kept per thread between products ----
+/* ---- packing buffers, pooled between products ----
  * Training calls the same few products thousands of times; a fresh buffer
  * of a few hundred KB is an mmap that page-faults on every call (measured:
- * 67 -> 77 us for 128x784x256 serial).  Each thread keeps one buffer per
- * slot (the largest asked for, up to FASTNN_BF16_KEEP bytes), freed when the
- * thread exits; larger ones are allocated per call.  fastnn_bf16_scratch
- * and fastnn_bf16_scratch_done go in pairs, in the same thread. */
-#include <pthread.h>
+ * 67 -> 77 us for 128x784x256 serial).  A few pairs of buffers are kept,
+ * each taken by one product at a time (an atomic flag; a thread training
+ * in a loop takes the same one), grown to the largest size asked for up to
+ * FASTNN_BF16_KEEP bytes; larger ones, and products that find every pair
+ * busy, allocate their own.  The pool belongs to no thread, so threads that
+ * exit leave nothing behind, and it needs no thread-local storage (whose
+ * glibc 2.34 symbols the wheel must not depend on). */
+enum { FASTNN_BF16_POOL = 4 };
+#define FASTNN_BF16_KEEP ((size_t)4 << 20)       /* the products of training up to batch 1024 */
 
-enum { FASTNN_BF16_SLOTS = 2 };
-#define FASTNN_BF16_KEEP ((size_t)16 << 20)
+struct fastnn_bf16_kept { int busy; void *p[2]; size_t size[2]; };
+static struct fastnn_bf16_kept fastnn_bf16_pool[FASTNN_BF16_POOL];
 
-struct fastnn_bf16_kept { void *p[FASTNN_BF16_SLOTS]; size_t size[FASTNN_BF16_SLOTS]; };
+/* One product's packing buffers: a (slot 0) and b (slot 1), 64-byte aligned. */
+struct fastnn_bf16_scratch { int entry; void *a, *b; size_t a_bytes, b_bytes; };
 
-static pthread_key_t fastnn_bf16_key;
-static int fastnn_bf16_key_ok;
-static pthread_once_t fastnn_bf16_once = PTHREAD_ONCE_INIT;
-
-static void fastnn_bf16_kept_free(void *kept)
+static void *fastnn_bf16_slot(struct fastnn_bf16_kept *k, int slot, size_t bytes)
 {
-    struct fastnn_bf16_kept *k = (struct fastnn_bf16_kept *)kept;
-    for (int i = 0; i < FASTNN_BF16_SLOTS; i++) free(k->p[i]);
-    free(k);
-}
-
-static void fastnn_bf16_key_create(void)
-{
-    fastnn_bf16_key_ok = pthread_key_create(&fastnn_bf16_key, fastnn_bf16_kept_free) == 0;
-}
-
-/* A 64-byte aligned buffer of `bytes` (> 0) for this thread's slot, or NULL. */
-static void *fastnn_bf16_scratch(int slot, size_t bytes)
-{
-    bytes = (bytes + 63) & ~(size_t)63;
-    pthread_once(&fastnn_bf16_once, fastnn_bf16_key_create);
-    if (bytes > FASTNN_BF16_KEEP || !fastnn_bf16_key_ok)
+    if (k == NULL || bytes > FASTNN_BF16_KEEP)
         return aligned_alloc(64, bytes);
-    struct fastnn_bf16_kept *k = (struct fastnn_bf16_kept *)pthread_getspecific(fastnn_bf16_key);
-    if (k == NULL) {
-        k = (struct fastnn_bf16_kept *)calloc(1, sizeof *k);
-        if (k == NULL)
-            return NULL;
-        if (pthread_setspecific(fastnn_bf16_key, k) != 0) {
-            free(k);
-            return NULL;
-        }
-    }
     if (k->size[slot] < bytes) {
         free(k->p[slot]);
         k->p[slot] = aligned_alloc(64, bytes);
@@ -120,12 +96,38 @@ static void *fastnn_bf16_scratch(int slot, size_t bytes)
     return k->p[slot];
 }
 
-/* The end of a product's use of fastnn_bf16_scratch(slot, bytes) == p. */
-static void fastnn_bf16_scratch_done(void *p, size_t bytes)
+/* s->a, s->b of at least a_bytes, b_bytes (> 0): 0, or -1 when out of memory
+ * (then s->a or s->b is NULL); fastnn_bf16_scratch_put(s) in any case. */
+static int fastnn_bf16_scratch_get(struct fastnn_bf16_scratch *s, size_t a_bytes, size_t b_bytes)
 {
-    bytes = (bytes + 63) & ~(size_t)63;
-    if (bytes > FASTNN_BF16_KEEP || !fastnn_bf16_key_ok)
-        free(p);
+    s->a_bytes = (a_bytes + 63) & ~(size_t)63;
+    s->b_bytes = (b_bytes + 63) & ~(size_t)63;
+    s->entry = -1;
+#if defined(__GNUC__)
+    for (int e = 0; e < FASTNN_BF16_POOL && s->entry < 0; e++) {
+        int idle = 0;
+        if (__atomic_compare_exchange_n(&fastnn_bf16_pool[e].busy, &idle, 1, 0, __ATOMIC_ACQUIRE,
+                                        __ATOMIC_RELAXED))
+            s->entry = e;
+    }
+#endif
+    struct fastnn_bf16_kept *k = s->entry >= 0 ? &fastnn_bf16_pool[s->entry] : NULL;
+    s->a = fastnn_bf16_slot(k, 0, s->a_bytes);
+    s->b = fastnn_bf16_slot(k, 1, s->b_bytes);
+    return s->a != NULL && s->b != NULL ? 0 : -1;
+}
+
+static void fastnn_bf16_scratch_put(struct fastnn_bf16_scratch *s)
+{
+    struct fastnn_bf16_kept *k = s->entry >= 0 ? &fastnn_bf16_pool[s->entry] : NULL;
+    if (k == NULL || s->a_bytes > FASTNN_BF16_KEEP)
+        free(s->a);
+    if (k == NULL || s->b_bytes > FASTNN_BF16_KEEP)
+        free(s->b);
+#if defined(__GNUC__)
+    if (k != NULL)
+        __atomic_store_n(&k->busy, 0, __ATOMIC_RELEASE);
+#endif
 }
 
 /* Path codes (bf16.pxi's _bf16_path). */

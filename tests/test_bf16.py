@@ -21,6 +21,7 @@ import subprocess
 import sys
 import tempfile
 import warnings
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
@@ -232,6 +233,18 @@ def test_same_bits_at_any_thread_count(path, rng, m, n, k):
     for t in THREAD_COUNTS[1:]:
         assert results[t] == results[1], f"{t} threads differ from 1"
         assert results[t, "dense"] == results[1, "dense"], f"{t} threads differ from 1 (dense)"
+
+
+def test_concurrent_products_share_the_packing_buffers(path, rng):
+    # more Python threads than the pool has buffer pairs: each product still
+    # gets buffers of its own (pooled or allocated), the same bits as alone
+    cases = [(_data(rng, 64 + 7 * i, 96 + i), _data(rng, 96 + i, 40 + 3 * i)) for i in range(12)]
+    alone = [F.matmul_bf16(A, B) for A, B in cases]
+    with ThreadPoolExecutor(8) as pool:
+        for _ in range(5):
+            together = list(pool.map(lambda c: F.matmul_bf16(*c), cases))
+            for got, want in zip(together, alone):
+                assert np.array_equal(got, want)
 
 
 def test_paths_agree():

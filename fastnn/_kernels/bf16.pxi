@@ -28,8 +28,11 @@ cdef extern from "fastnn_bf16.h" nogil:
     void fastnn_bf16_pack_b(const float* B, Py_ssize_t sp, Py_ssize_t sj, Py_ssize_t k,
                             Py_ssize_t n, Py_ssize_t kk, Py_ssize_t g0, Py_ssize_t g1,
                             uint16_t* Bp)
-    void* fastnn_bf16_scratch(int slot, size_t size)
-    void fastnn_bf16_scratch_done(void* p, size_t size)
+    struct fastnn_bf16_scratch:
+        void* a
+        void* b
+    int fastnn_bf16_scratch_get(fastnn_bf16_scratch* s, size_t a_bytes, size_t b_bytes)
+    void fastnn_bf16_scratch_put(fastnn_bf16_scratch* s)
     void fastnn_bf16_block(int path, const uint16_t* Ap, const uint16_t* Bp, Py_ssize_t kk,
                            Py_ssize_t i0, Py_ssize_t i1, Py_ssize_t j0, Py_ssize_t j1, float* C,
                            Py_ssize_t ldc)
@@ -211,21 +214,21 @@ cdef int _bf16_tiled(bint trans_a, bint trans_b, Py_ssize_t m, Py_ssize_t n, Py_
     cdef Py_ssize_t b_rows = n if trans_b else k, b_cols = k if trans_b else n
     cdef float* Ar
     cdef float* Br
-    cdef size_t a_bytes, b_bytes     # of the packing buffers (fastnn_bf16_scratch)
+    cdef fastnn_bf16_scratch scratch    # the packing buffers
+    cdef int status
     if path == FASTNN_BF16_EMULATED:
         # the operands rounded into float32 copies of the same layout, then
         # the float32 products (tiles, epilogue, threads) on them
-        a_bytes, b_bytes = a_rows * a_cols * sizeof(float), b_rows * b_cols * sizeof(float)
-        Ar = <float*> fastnn_bf16_scratch(0, a_bytes)
-        Br = <float*> fastnn_bf16_scratch(1, b_bytes)
-        if Ar != NULL and Br != NULL:
+        status = fastnn_bf16_scratch_get(&scratch, a_rows * a_cols * sizeof(float),
+                                         b_rows * b_cols * sizeof(float))
+        if status == 0:
+            Ar, Br = <float*> scratch.a, <float*> scratch.b
             _bf16_round_rows(A, lda, Ar, a_rows, a_cols)
             _bf16_round_rows(B, ldb, Br, b_rows, b_cols)
             _gemm_tiled(trans_a, trans_b, m, n, k, Ar, a_cols, Br, b_cols, C, ldc, bias, kind,
                         alpha, update)
-        fastnn_bf16_scratch_done(Ar, a_bytes)
-        fastnn_bf16_scratch_done(Br, b_bytes)
-        return 0 if Ar != NULL and Br != NULL else -1
+        fastnn_bf16_scratch_put(&scratch)
+        return status
     cdef Py_ssize_t kk = _round_up(k, fastnn_bf16_kstep(path))
     cdef Py_ssize_t m_pad = _round_up(m, FASTNN_BF16_BLOCK), n_pad = _round_up(n, FASTNN_BF16_BLOCK)
     cdef Py_ssize_t team = _bf16_team(m, n, k), t
@@ -238,11 +241,12 @@ cdef int _bf16_tiled(bint trans_a, bint trans_b, Py_ssize_t m, Py_ssize_t n, Py_
     cdef int split = (BF16_SHARED if min(m, n) > BF16_PRIVATE_SIDE
                       else BF16_COLS if n > m and _cdiv(n, FASTNN_BF16_BLOCK) >= team
                       else BF16_ROWS)
-    a_bytes = (team if team > 1 and split == BF16_COLS else 1) * a_size * 2
-    b_bytes = (team if team > 1 and split == BF16_ROWS else 1) * b_size * 2
-    cdef uint16_t* Ap = <uint16_t*> fastnn_bf16_scratch(0, a_bytes)
-    cdef uint16_t* Bp = <uint16_t*> fastnn_bf16_scratch(1, b_bytes)
-    if Ap != NULL and Bp != NULL:
+    status = fastnn_bf16_scratch_get(
+        &scratch, (team if team > 1 and split == BF16_COLS else 1) * a_size * 2,
+        (team if team > 1 and split == BF16_ROWS else 1) * b_size * 2)
+    cdef uint16_t* Ap = <uint16_t*> scratch.a
+    cdef uint16_t* Bp = <uint16_t*> scratch.b
+    if status == 0:
         if split == BF16_SHARED:
             _bf16_pack(path, trans_a, trans_b, m, n, k, kk, A, lda, B, ldb, Ap, Bp)
         if team == 1:
@@ -252,9 +256,8 @@ cdef int _bf16_tiled(bint trans_a, bint trans_b, Py_ssize_t m, Py_ssize_t n, Py_
             for t in prange(team, schedule="static", num_threads=team):
                 _bf16_share(path, t, team, split, trans_a, trans_b, m, n, k, kk, A, lda, B, ldb,
                             Ap, a_size, Bp, b_size, C, ldc, bias, kind, alpha, update)
-    fastnn_bf16_scratch_done(Ap, a_bytes)
-    fastnn_bf16_scratch_done(Bp, b_bytes)
-    return 0 if Ap != NULL and Bp != NULL else -1
+    fastnn_bf16_scratch_put(&scratch)
+    return status
 
 
 cdef _bf16_check(int status):
