@@ -110,7 +110,7 @@ cdef void _bf16_round_rows(const float* x, Py_ssize_t ldx, float* y, Py_ssize_t 
         fastnn_bf16_round_f(x, ldx, y, cols, rows, cols)
 
 
-cdef void _bf16_pack(int path, bint trans_a, bint trans_b, Py_ssize_t m, Py_ssize_t n,
+cdef void _bf16_pack(bint trans_a, bint trans_b, Py_ssize_t m, Py_ssize_t n,
                      Py_ssize_t k, Py_ssize_t kk, const float* A, Py_ssize_t lda,
                      const float* B, Py_ssize_t ldb, uint16_t* Ap, uint16_t* Bp) noexcept nogil:
     """Ap, Bp (csrc/fastnn_bf16.h's layouts) in blocks of 32 rows of op(A)
@@ -248,7 +248,7 @@ cdef int _bf16_tiled(bint trans_a, bint trans_b, Py_ssize_t m, Py_ssize_t n, Py_
     cdef uint16_t* Bp = <uint16_t*> scratch.b
     if status == 0:
         if split == BF16_SHARED:
-            _bf16_pack(path, trans_a, trans_b, m, n, k, kk, A, lda, B, ldb, Ap, Bp)
+            _bf16_pack(trans_a, trans_b, m, n, k, kk, A, lda, B, ldb, Ap, Bp)
         if team == 1:
             _bf16_share(path, 0, 1, split, trans_a, trans_b, m, n, k, kk, A, lda, B, ldb, Ap,
                         a_size, Bp, b_size, C, ldc, bias, kind, alpha, update)
