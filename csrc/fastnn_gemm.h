@@ -7,8 +7,13 @@
  * in k x NR column panels, and a micro-kernel keeps an MR x NR block of C in
  * 2 * MR zmm registers, updated by multiply-adds of each B row with each of
  * MR elements of A broadcast straight from A's rows (packing A as well, as
- * BLIS does, made dense layers and training epochs 1.02-1.09x slower here:
- * a broadcast takes any address, and the MR rows being read stay in L1).
+ * BLIS does, made dense layers and training epochs 1.02-1.09x slower on the
+ * EPYC: a broadcast takes any address, and the MR rows being read stay in
+ * L1).  A transposed A (dW = X^T D) is the exception: its MR elements of a
+ * term sit in one row of A, a row apart from the next term's, and reading
+ * them in place cost up to a third of the speed on the Xeon (lda of 4 KiB:
+ * every term's line falls in the same L1 set), so it is packed, MC rows at
+ * a time, reading A's rows along their length.
  *
  * Row-major.  Each element of C is one dot product summed in order over p,
  * the k range cut into blocks that depend on k alone, so results do not
@@ -30,6 +35,7 @@ enum {
     GEMM_NR = 32,    /* columns: two zmm registers */
     GEMM_KC = 384,   /* k block: a B panel, KC x NR floats = 48 KiB, in L1/L2 */
     GEMM_NC = 1024,  /* columns of B packed at a time: at most 1.5 MiB */
+    GEMM_MC = 32,    /* rows of a transposed A packed at a time: KC x MC = 48 KiB */
 };
 
 /* C[0:mr, 0:nr] (+)= a (mr x kc) * Bp (kc x NR), mr <= MR, nr <= 16 * nv,
@@ -136,6 +142,28 @@ static void fastnn_gemm_pack_b(const float *B, ptrdiff_t sp, ptrdiff_t sj, ptrdi
     }
 }
 
+/* Ap = (A^T)[0:m, 0:kc] as panels of kc x MR (MR rows of A^T for each
+ * term, zeros past m), where A^T(i, p) = a[p * lda + i], m <= MC: each row
+ * of A read along its length, half a vector per panel. */
+static void fastnn_gemm_pack_at(const float *a, ptrdiff_t lda, ptrdiff_t m, ptrdiff_t kc,
+                                float *Ap)
+{
+    for (ptrdiff_t p = 0; p < kc; p++) {
+        const float *row = a + p * lda;
+        ptrdiff_t i = 0;
+        for (; i + 16 <= m; i += 16) {
+            const __m512 x = _mm512_loadu_ps(row + i);
+            _mm256_store_ps(Ap + i * kc + p * GEMM_MR, _mm512_castps512_ps256(x));
+            _mm256_store_ps(Ap + (i + 8) * kc + p * GEMM_MR, _mm512_extractf32x8_ps(x, 1));
+        }
+        for (; i < m; i += GEMM_MR) {
+            const ptrdiff_t r = m - i < GEMM_MR ? m - i : GEMM_MR;
+            _mm256_store_ps(Ap + i * kc + p * GEMM_MR,
+                            _mm256_maskz_loadu_ps((__mmask8)((1u << r) - 1), row + i));
+        }
+    }
+}
+
 /* C (m x n) = op(A) (m x k) op(B) (k x n); op(A) is A (m x k, lda) or, with
  * trans_a, the transpose of A (k x m, lda); op(B) likewise.  Returns 0, or
  * -1 when the packing buffer cannot be allocated (C untouched). */
@@ -178,10 +206,17 @@ static int fastnn_gemm_f(int trans_a, int trans_b, ptrdiff_t m, ptrdiff_t n, ptr
     const ptrdiff_t kc_max = (k + k_blocks - 1) / k_blocks;
     const ptrdiff_t nc_max = n < GEMM_NC ? n : GEMM_NC;
     const ptrdiff_t n_pad = (nc_max + GEMM_NR - 1) / GEMM_NR * GEMM_NR;
-    /* n_pad is a multiple of NR: whole 64-byte lines, as aligned_alloc needs */
-    float *Bp = (float *)aligned_alloc(64, (size_t)(kc_max * n_pad) * sizeof(float));
+    /* A^T packed where more than two column panels reuse it (measured on
+     * the Xeon, one thread: 1.05-1.5x from k = 128 up with 128 or more
+     * columns; 0.9-0.97x with 64) */
+    const int pack_a = trans_a && n > 2 * GEMM_NR;
+    /* n_pad is a multiple of NR: whole 64-byte lines, as aligned_alloc
+     * needs, and Ap, behind Bp, starts on one */
+    float *Bp = (float *)aligned_alloc(64, (size_t)(kc_max * (n_pad + (pack_a ? GEMM_MC : 0)))
+                                               * sizeof(float));
     if (Bp == NULL)
         return -1;
+    float *Ap = Bp + kc_max * n_pad;
     const ptrdiff_t a_si = trans_a ? 1 : lda, a_sp = trans_a ? lda : 1;
     const ptrdiff_t b_sp = trans_b ? 1 : ldb, b_sj = trans_b ? ldb : 1;
     for (ptrdiff_t jc = 0; jc < n; jc += GEMM_NC) {
@@ -194,14 +229,22 @@ static int fastnn_gemm_f(int trans_a, int trans_b, ptrdiff_t m, ptrdiff_t n, ptr
             for (ptrdiff_t i0 = 0; i0 < m; i0 += GEMM_MR) {
                 const int mr = (int)(m - i0 < GEMM_MR ? m - i0 : GEMM_MR);
                 const float *a = A + i0 * a_si + p0 * a_sp;
+                ptrdiff_t si = a_si, sp = a_sp;
+                if (pack_a) {
+                    if (i0 % GEMM_MC == 0)
+                        fastnn_gemm_pack_at(a, lda, m - i0 < GEMM_MC ? m - i0 : GEMM_MC, kc, Ap);
+                    a = Ap + (i0 % GEMM_MC) * kc;
+                    si = 1;
+                    sp = GEMM_MR;
+                }
                 for (ptrdiff_t j0 = 0; j0 < nc; j0 += GEMM_NR) {
                     const int nr = (int)(nc - j0 < GEMM_NR ? nc - j0 : GEMM_NR);
                     const float *bp = Bp + j0 * kc;
                     float *c = C + i0 * ldc + jc + j0;
                     if (nr > 16)
-                        fastnn_gemm_kernel_f(kc, a, a_si, a_sp, bp, c, ldc, mr, nr, p0 > 0, 2);
+                        fastnn_gemm_kernel_f(kc, a, si, sp, bp, c, ldc, mr, nr, p0 > 0, 2);
                     else
-                        fastnn_gemm_kernel_f(kc, a, a_si, a_sp, bp, c, ldc, mr, nr, p0 > 0, 1);
+                        fastnn_gemm_kernel_f(kc, a, si, sp, bp, c, ldc, mr, nr, p0 > 0, 1);
                 }
             }
         }

@@ -21,10 +21,11 @@ needs_own_gemm = pytest.mark.skipif(
 # over one 384-term block (accumulated into C), products the tile grid
 # splits over threads (A's rows read inside a wider matrix), and A B^T with
 # at least twice as many columns as rows and more terms than rows (computed
-# as (B A^T)^T).
+# as (B A^T)^T), and a transposed A with more than 64 columns (packed 32
+# rows at a time: 75 rows end in a partial 8-row panel of a partial block).
 SHAPES = ((32, 32, 32), (37, 33, 35), (64, 40, 1), (128, 256, 10), (45, 40, 100),
           (64, 48, 385), (300, 63, 50), (130, 257, 800), (700, 300, 290), (33, 200, 390),
-          (32, 784, 256))
+          (32, 784, 256), (75, 129, 390))
 BACKENDS = ("fastnn", "blas") if HAVE_OWN_GEMM else ("blas",)
 
 
