@@ -28,6 +28,7 @@ from libc.math cimport (exp, expf, log, logf, log1p, log1pf, tanh, tanhf, sqrt, 
 from libc.stdint cimport int32_t, int64_t
 from libc.stdlib cimport malloc, calloc, free
 from libc.string cimport memcpy, memset
+from cpython.exc cimport PyErr_CheckSignals
 from cpython.pythread cimport (PyThread_type_lock, PyThread_allocate_lock,
                                PyThread_acquire_lock, PyThread_release_lock, WAIT_LOCK)
 from scipy.linalg.cython_blas cimport sgemm, dgemm

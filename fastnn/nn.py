@@ -835,6 +835,48 @@ def _dense_stack_step(model, loss, X, y, sample_weight, optimizer=None):
     return total * scale
 
 
+def _stack_epoch(model, loss, optimizer, X, y, order, batch_size):
+    """One epoch of ``fit`` in one compiled call (_kernels.dense_stack_epoch)
+    for a model and loss that ``train_step`` runs in one call, with
+    ``optimizer``'s SGD taken in it: the same batches, kernels and order as
+    fit's loop of train_step, so the same numbers.  X and y are fit's
+    converted arrays, ``order`` the shuffled sample order or None; returns
+    the epoch loss.  Layers and loss are left as after that loop's last
+    step."""
+    layers = model.layers
+    first, dtype, n = layers[0], layers[0].dtype, X.shape[0]
+    if X.ndim != 2 or X.shape[1] != first.n_in:
+        raise ValueError(f"Dense(n_in={first.n_in}) expects X of shape (N, {first.n_in}), "
+                         f"got {X.shape}")
+    labels, target, smoothing = loss._stack_target(y, (n, layers[-1].n_out), dtype)
+    plan, grad = _stack_plan(model, loss, batch_size, dtype)
+    x_batch = labels_batch = target_batch = None
+    if order is not None:
+        x_batch = np.empty((batch_size, X.shape[1]), dtype)
+        if labels is not None:
+            labels_batch = np.empty(batch_size, np.int64)
+        else:
+            target_batch = np.empty((batch_size, target.shape[1]), dtype)
+    values = np.empty((n + batch_size - 1) // batch_size)
+    progress = np.zeros(1, np.int64)
+    try:
+        _kernels.dense_stack_epoch(plan, X, type(loss)._stack_loss, labels, target, order,
+                                   batch_size, x_batch, labels_batch, target_batch, grad,
+                                   smoothing, optimizer._stack_update(model), values, progress)
+    finally:
+        optimizer.steps += int(progress[0])
+    m = n - (len(values) - 1) * batch_size       # the last batch's rows
+    loss_sum = 0.0
+    for value in values[:-1].tolist():           # fit's sum, in its order
+        loss_sum += value * batch_size
+    A = X[n - m:] if order is None else x_batch[:m]
+    for layer, arrays in zip(layers, plan):
+        layer._input, layer._output = A, arrays[4][:m]
+        A = layer._output
+    loss._grad = grad[:m]
+    return (loss_sum + float(values[-1]) * m) / float(n)
+
+
 def _stack_plan(model, loss, n, dtype):
     """dense_stack_step's per-layer arrays for a batch of ``n`` and the loss
     gradient buffer: checked and gathered once, then reused (in training
@@ -1040,11 +1082,22 @@ def fit(model, loss, optimizer, X, y, *, epochs, batch_size, shuffle=True, rng=N
     if shuffle:
         gather = (_SparseBatchGather if sparse else _BatchGather)(X, y, sample_weight, batch_size)
 
+    # an epoch in one compiled call where nothing runs between its steps
+    compiled = (not sparse and sample_weight is None and not callbacks.start_hooks
+                and not callbacks.batch_hooks and _stacks(model, loss)
+                and optimizer._stack_update(model) is not None)
     history = []
     with _training_mode(model):
         for epoch in range(epochs):
             if shuffle:
                 rng.shuffle(order)
+            if compiled:
+                epoch_loss = _stack_epoch(model, loss, optimizer, X, y,
+                                          order if shuffle else None, batch_size)
+                history.append(epoch_loss)
+                if callbacks.epoch_end(epoch, epoch_loss):
+                    break
+                continue
             loss_sum = weight_sum = 0.0
             for start in range(0, n, batch_size):
                 stop = min(start + batch_size, n)

@@ -306,3 +306,96 @@ def test_dense_stack_step_checks_each_layer_array(layer, item, bad, match):
         run()
     for p, old in zip(model.parameters(), before):
         np.testing.assert_array_equal(p.data, old)
+
+
+# ---------------------------------------------------------------------------
+# fit's epoch in one compiled call (dense_stack_epoch)
+# ---------------------------------------------------------------------------
+class _BatchHook:
+    """A callback with a batch hook: fit then steps through train_step."""
+
+    def batch_end(self, n_samples):
+        pass
+
+    def epoch_end(self, loss):
+        return False
+
+
+def _fit(monkeypatch, loss_name, dtype, shuffle, stepwise, compute_dtype=None, momentum=0.0):
+    """fit for two epochs of 150 samples in batches of 32 (the last of 22),
+    through the compiled epoch or, with ``stepwise``, train_step by
+    train_step; returns what fit leaves behind and how many epoch calls."""
+    calls = []
+    epoch = nn._kernels.dense_stack_epoch
+    monkeypatch.setattr(nn._kernels, "dense_stack_epoch",
+                        lambda *a: calls.append(1) or epoch(*a))
+    model = _model(dtype)
+    model.compute_dtype = compute_dtype
+    X, y, loss = _problem(loss_name, dtype)
+    opt = optim.SGD(model.parameters(), lr=0.05, momentum=momentum)
+    history = nn.fit(model, loss, opt, X, y, epochs=2, batch_size=32, shuffle=shuffle, rng=4,
+                     callbacks=[_BatchHook()] if stepwise else None)
+    monkeypatch.undo()
+    state = [p.data.copy() for p in model.parameters()] + [p.grad.copy()
+                                                           for p in model.parameters()]
+    state += [np.array(layer._input) for layer in model.layers]
+    state += [np.array(layer._output) for layer in model.layers] + [np.array(loss._grad)]
+    return history, state, opt.steps, len(calls)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("loss_name", ("xent", "xent_probs", "mse", "bce"))
+@pytest.mark.parametrize("shuffle", (True, False))
+def test_compiled_epoch_equals_fit_step_by_step(monkeypatch, dtype, loss_name, shuffle):
+    compiled = _fit(monkeypatch, loss_name, dtype, shuffle, stepwise=False, momentum=0.9)
+    stepwise = _fit(monkeypatch, loss_name, dtype, shuffle, stepwise=True, momentum=0.9)
+    assert compiled[3] == 2 and stepwise[3] == 0       # one call an epoch; none
+    assert compiled[0] == stepwise[0]
+    assert compiled[2] == stepwise[2] == 10
+    for i, (a, b) in enumerate(zip(compiled[1], stepwise[1])):
+        assert a.shape == b.shape, i
+        np.testing.assert_array_equal(a, b, err_msg=str(i))
+
+
+def test_compiled_epoch_in_bf16_equals_fit_step_by_step(monkeypatch):
+    compiled = _fit(monkeypatch, "xent", np.float32, True, False, compute_dtype="bfloat16")
+    stepwise = _fit(monkeypatch, "xent", np.float32, True, True, compute_dtype="bfloat16")
+    assert compiled[3] == 2 and compiled[0] == stepwise[0]
+    for a, b in zip(compiled[1], stepwise[1]):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_compiled_epoch_refuses_a_bad_order_before_training():
+    model = _model(np.float64)
+    X, y, loss = _problem("xent", np.float64)
+    order = np.arange(len(X))
+    order[40] = len(X)
+    before = [p.data.copy() for p in model.parameters()]
+    opt = optim.SGD(model.parameters(), lr=0.1)
+    with pytest.raises(IndexError, match="order"):
+        nn.fit(model, loss, opt, X, y, epochs=1, batch_size=16, order=order)
+    with pytest.raises(ValueError, match="class"):
+        nn.fit(model, loss, opt, X, np.full(len(X), SIZES[-1]), epochs=1, batch_size=16)
+    for p, old in zip(model.parameters(), before):
+        np.testing.assert_array_equal(p.data, old)
+    assert opt.steps == 0
+
+
+def test_compiled_epoch_stops_between_steps_on_a_signal():
+    import signal
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt
+    model = _model(np.float32)
+    X, y, loss = _problem("xent", np.float32, n=200000)   # epochs of about a second
+    opt = optim.SGD(model.parameters(), lr=0.01)
+    previous = signal.signal(signal.SIGALRM, interrupt)
+    try:
+        signal.setitimer(signal.ITIMER_REAL, 0.1)
+        with pytest.raises(KeyboardInterrupt):
+            nn.fit(model, loss, opt, X, y, epochs=2, batch_size=1)
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+    assert 0 < opt.steps < len(X)     # inside the first epoch, the batches done counted
+    assert all(np.isfinite(p.data).all() for p in model.parameters())

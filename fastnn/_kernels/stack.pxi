@@ -42,104 +42,238 @@ def dense_stack_step(list layers, const floating[:, ::1] X, int loss,
     is updated as soon as its gradient is known, while that is in cache
     (the same arithmetic as sgd_step, so the same numbers); the gradients
     are written all the same."""
-    cdef Py_ssize_t n = X.shape[0], n_layers = len(layers), l, width = 1, n_in = X.shape[1]
+    cdef Py_ssize_t n = X.shape[0], n_layers = len(layers), width
     cdef DenseLayer* plan
     cdef double* partial
     cdef double total
-    cdef const floating* A
-    cdef Py_ssize_t n_out
     cdef int status = 0
-    cdef int dtype = cnp.NPY_FLOAT32 if floating is float else cnp.NPY_FLOAT64
     if n_layers == 0:
         raise ValueError("layers must not be empty")
     plan = <DenseLayer*> malloc(n_layers * sizeof(DenseLayer))
     if plan == NULL:
         raise MemoryError()
     try:
-        # raw pointers, not memoryviews: acquiring eight buffers a layer cost
-        # microseconds a step
-        for l in range(n_layers):
-            W, b, kind, alpha, O, D, dW, db, bf16 = layers[l]
-            if bf16 and floating is not float:
-                raise ValueError(f"layer {l}: bf16 products need float32 layers")
-            n_out = (cnp.PyArray_DIM(<cnp.ndarray> W, 1) if isinstance(W, cnp.ndarray)
-                     and cnp.PyArray_NDIM(<cnp.ndarray> W) == 2 else 0)
-            plan[l].W = _stack_array(W, dtype, n_in, n_out, False, l, "W")
-            plan[l].b = _stack_array(b, dtype, n_out, -1, False, l, "b") if b is not None else NULL
-            plan[l].O = _stack_array(O, dtype, n, n_out, True, l, "O")
-            plan[l].D = _stack_array(D, dtype, n, n_out, True, l, "D")
-            plan[l].dW = _stack_array(dW, dtype, n_in, n_out, True, l, "dW")
-            plan[l].db = _stack_array(db, dtype, n_out, -1, True, l, "db")
-            plan[l].n_in, plan[l].n_out = n_in, n_out
-            plan[l].kind, plan[l].alpha = kind, alpha
-            plan[l].bf16 = bf16
-            n_in = n_out
-            width = max(width, n_in)
-        if loss_grad.shape[0] != n or loss_grad.shape[1] != n_in:
-            raise ValueError("loss_grad must have the shape of the last layer's output")
+        width = _stack_prepare(layers, plan, n, X.shape[1], loss_grad.shape[0],
+                               loss_grad.shape[1], sgd,
+                               cnp.NPY_FLOAT32 if floating is float else cnp.NPY_FLOAT64)
         if (labels is not None and labels.shape[0] != n) or \
-                (target is not None and (target.shape[0] != n or target.shape[1] != n_in)) or \
+                (target is not None and (target.shape[0] != n or
+                                         target.shape[1] != loss_grad.shape[1])) or \
                 (sample_weight is not None and sample_weight.shape[0] != n):
             raise ValueError("targets and weights must have one row per sample")
-        if sgd is not None:
-            _stack_sgd(plan, n_layers, sgd)
         partial = <double*> malloc(_n_chunks(n) * width * sizeof(double))
         if partial == NULL:
             raise MemoryError()
         with nogil:
-            A = &X[0, 0]
-            for l in range(n_layers):
-                if floating is float and plan[l].bf16:
-                    if status == 0:
-                        status = _bf16_tiled(False, False, n, plan[l].n_out, plan[l].n_in, A,
-                                             plan[l].n_in, <const float*>plan[l].W,
-                                             plan[l].n_out, <float*>plan[l].O, plan[l].n_out,
-                                             <const float*>plan[l].b, plan[l].kind,
-                                             <float>plan[l].alpha)
-                else:
-                    _gemm_tiled(False, False, n, plan[l].n_out, plan[l].n_in, A, plan[l].n_in,
-                                <const floating*>plan[l].W, plan[l].n_out, <floating*>plan[l].O,
-                                plan[l].n_out, <const floating*>plan[l].b, plan[l].kind,
-                                <floating>plan[l].alpha)
-                A = <const floating*>plan[l].O
-            l = n_layers - 1
-            total = _loss_rows(loss, <const floating*>plan[l].O,
+            total = _stack_run(plan, n_layers, n, &X[0, 0], loss,
                                &labels[0] if labels is not None else NULL,
                                &target[0, 0] if target is not None else NULL,
                                &sample_weight[0] if sample_weight is not None else NULL,
-                               &loss_grad[0, 0], NULL, n, plan[l].n_out, scale, smoothing,
-                               partial)
-            A = &loss_grad[0, 0]        # the gradient arriving at the current layer
-            for l in range(n_layers - 1, -1, -1):
-                if status != 0:
-                    break
-                if floating is float and plan[l].bf16:
-                    status = _bf16_backward_rows(
-                        <const float*>plan[l - 1].O if l > 0 else &X[0, 0],
-                        <const float*>plan[l].W, <const float*>plan[l].O, A,
-                        <float*>plan[l].D, <float*>plan[l - 1].D if l > 0 else NULL,
-                        <float*>plan[l].dW, <float*>plan[l].db, n, plan[l].n_in,
-                        plan[l].n_out, plan[l].kind, <float>plan[l].alpha, partial,
-                        &plan[l].update_w if sgd is not None else NULL,
-                        &plan[l].update_b if sgd is not None
-                        and plan[l].update_b.p != NULL else NULL)
-                else:
-                    _dense_backward_rows(<const floating*>plan[l - 1].O if l > 0 else &X[0, 0],
-                                         <const floating*>plan[l].W, <const floating*>plan[l].O,
-                                         A, <floating*>plan[l].D,
-                                         <floating*>plan[l - 1].D if l > 0 else NULL,
-                                         <floating*>plan[l].dW, <floating*>plan[l].db, n,
-                                         plan[l].n_in, plan[l].n_out, plan[l].kind,
-                                         <floating>plan[l].alpha, partial,
-                                         &plan[l].update_w if sgd is not None else NULL,
-                                         &plan[l].update_b if sgd is not None
-                                         and plan[l].update_b.p != NULL else NULL)
-                if l > 0:
-                    A = <const floating*>plan[l - 1].D
+                               &loss_grad[0, 0], scale, smoothing, partial, sgd is not None,
+                               &status)
         free(partial)
     finally:
         free(plan)
     _bf16_check(status)
+    return total
+
+
+def dense_stack_epoch(list layers, const floating[:, ::1] X, int loss,
+                      const int64_t[::1] labels, const floating[:, ::1] target,
+                      const int64_t[::1] order, Py_ssize_t batch_size,
+                      floating[:, ::1] X_batch, int64_t[::1] labels_batch,
+                      floating[:, ::1] target_batch, floating[:, ::1] loss_grad,
+                      double smoothing, tuple sgd, double[::1] values,
+                      int64_t[::1] progress):
+    """One epoch of ``fit``: dense_stack_step with the ``sgd`` step over
+    every batch of ``batch_size`` rows of X (the last one smaller), taken in
+    ``order`` (a permutation of the rows, gathered into X_batch, labels_batch
+    or target_batch as fit's gather does) or, without one, in sequence; the
+    layers' O and D, and loss_grad, have batch_size rows (a smaller batch uses
+    the first).  The same batches, kernels and order as fit's Python loop of
+    train_step, so the same numbers, without returning to Python between
+    steps (which cost about 40 us a step: its code and data had left the
+    caches while the step ran).  ``values`` receives each batch's mean loss
+    and ``progress[0]`` counts the batches done, also when a signal (Ctrl-C)
+    stops the epoch between two."""
+    cdef Py_ssize_t n = X.shape[0], d = X.shape[1], n_layers = len(layers), width
+    cdef Py_ssize_t start, m, i, n_out
+    cdef DenseLayer* plan
+    cdef double* partial = NULL
+    cdef double total
+    cdef int status = 0
+    cdef const floating* xb
+    cdef const int64_t* yb
+    cdef const floating* tb
+    cdef const int64_t* rows
+    if n_layers == 0:
+        raise ValueError("layers must not be empty")
+    if n == 0 or batch_size <= 0 or batch_size > n or loss_grad.shape[0] != batch_size:
+        raise ValueError("X must have rows, and loss_grad batch_size <= len(X) of them")
+    if (labels is None) == (target is None) or progress.shape[0] != 1 or \
+            values.shape[0] != (n + batch_size - 1) // batch_size:
+        raise ValueError("one of labels and target, a value per batch and a progress "
+                         "counter are needed")
+    if (labels is not None and labels.shape[0] != n) or \
+            (target is not None and (target.shape[0] != n or
+                                     target.shape[1] != loss_grad.shape[1])):
+        raise ValueError("targets must have one row per sample")
+    if order is not None:
+        if order.shape[0] != n or X_batch is None or X_batch.shape[0] != batch_size or \
+                X_batch.shape[1] != d or (labels is not None and (
+                    labels_batch is None or labels_batch.shape[0] != batch_size)) or \
+                (target is not None and (target_batch is None or
+                                         target_batch.shape[0] != batch_size or
+                                         target_batch.shape[1] != target.shape[1])):
+            raise ValueError("order needs batch buffers of batch_size rows")
+        if fastnn_count_outside(&order[0], n, n) != 0:
+            raise IndexError(f"order must lie in [0, {n})")
+    plan = <DenseLayer*> malloc(n_layers * sizeof(DenseLayer))
+    if plan == NULL:
+        raise MemoryError()
+    try:
+        width = _stack_prepare(layers, plan, batch_size, d, loss_grad.shape[0],
+                               loss_grad.shape[1], sgd,
+                               cnp.NPY_FLOAT32 if floating is float else cnp.NPY_FLOAT64)
+        n_out = loss_grad.shape[1]
+        partial = <double*> malloc(_n_chunks(batch_size) * width * sizeof(double))
+        if partial == NULL:
+            raise MemoryError()
+        progress[0] = 0
+        start = 0
+        with nogil:
+            while start < n:
+                m = min(batch_size, n - start)
+                if order is None:
+                    xb = &X[start, 0]
+                    yb = &labels[start] if labels is not None else NULL
+                    tb = &target[start, 0] if target is not None else NULL
+                else:
+                    rows = &order[start]
+                    _gather_batch(&X[0, 0], rows, &X_batch[0, 0], m, d)
+                    xb = &X_batch[0, 0]
+                    yb = NULL
+                    tb = NULL
+                    if labels is not None:
+                        for i in range(m):
+                            labels_batch[i] = labels[rows[i]]
+                        yb = &labels_batch[0]
+                    else:
+                        _gather_batch(&target[0, 0], rows, &target_batch[0, 0], m, n_out)
+                        tb = &target_batch[0, 0]
+                total = _stack_run(plan, n_layers, m, xb, loss, yb, tb, NULL, &loss_grad[0, 0],
+                                   1.0 / m, smoothing, partial, True, &status)
+                if status != 0:
+                    break
+                values[progress[0]] = total * (1.0 / m)     # as train_step's mean
+                progress[0] += 1
+                start += m
+                with gil:
+                    PyErr_CheckSignals()
+    finally:
+        free(partial)
+        free(plan)
+    _bf16_check(status)
+
+
+cdef void _gather_batch(const floating* X, const int64_t* rows, floating* out, Py_ssize_t m,
+                        Py_ssize_t d) noexcept nogil:
+    """gather_rows without its checks (the rows are known to be valid)."""
+    cdef Py_ssize_t i
+    if _n_threads > 1 and m * d >= MIN_PARALLEL_GATHER:
+        for i in prange(m, schedule="static", num_threads=_n_threads):
+            _copy_row(X, rows, out, i, m, d)
+    else:
+        for i in range(m):
+            _copy_row(X, rows, out, i, m, d)
+
+
+cdef Py_ssize_t _stack_prepare(list layers, DenseLayer* plan, Py_ssize_t n, Py_ssize_t n_in,
+                               Py_ssize_t grad_rows, Py_ssize_t grad_cols, tuple sgd,
+                               int dtype) except -1:
+    """Fills ``plan`` from dense_stack_step's ``layers`` (and ``sgd``) for
+    batches of ``n`` rows, each array checked (_stack_array), and checks
+    loss_grad's shape; returns the widest layer's width."""
+    cdef Py_ssize_t l, width = 1, n_out
+    # raw pointers, not memoryviews: acquiring eight buffers a layer cost
+    # microseconds a step
+    for l in range(len(layers)):
+        W, b, kind, alpha, O, D, dW, db, bf16 = layers[l]
+        if bf16 and dtype != cnp.NPY_FLOAT32:
+            raise ValueError(f"layer {l}: bf16 products need float32 layers")
+        n_out = (cnp.PyArray_DIM(<cnp.ndarray> W, 1) if isinstance(W, cnp.ndarray)
+                 and cnp.PyArray_NDIM(<cnp.ndarray> W) == 2 else 0)
+        plan[l].W = _stack_array(W, dtype, n_in, n_out, False, l, "W")
+        plan[l].b = _stack_array(b, dtype, n_out, -1, False, l, "b") if b is not None else NULL
+        plan[l].O = _stack_array(O, dtype, n, n_out, True, l, "O")
+        plan[l].D = _stack_array(D, dtype, n, n_out, True, l, "D")
+        plan[l].dW = _stack_array(dW, dtype, n_in, n_out, True, l, "dW")
+        plan[l].db = _stack_array(db, dtype, n_out, -1, True, l, "db")
+        plan[l].n_in, plan[l].n_out = n_in, n_out
+        plan[l].kind, plan[l].alpha = kind, alpha
+        plan[l].bf16 = bf16
+        n_in = n_out
+        width = max(width, n_in)
+    if grad_rows != n or grad_cols != n_in:
+        raise ValueError("loss_grad must have the shape of the last layer's output")
+    if sgd is not None:
+        _stack_sgd(plan, len(layers), sgd)
+    return width
+
+
+cdef double _stack_run(DenseLayer* plan, Py_ssize_t n_layers, Py_ssize_t n, const floating* X,
+                       int loss, const int64_t* labels, const floating* target,
+                       const floating* sample_weight, floating* loss_grad, double scale,
+                       double smoothing, double* partial, bint sgd, int* status) noexcept nogil:
+    """One step over the n rows of X: forward, loss (returned: the weighted
+    loss sum), backward, and with ``sgd`` the layers' updates; a bf16
+    product's failure goes to ``status`` (the step then stops)."""
+    cdef Py_ssize_t l
+    cdef double total
+    cdef const floating* A = X
+    for l in range(n_layers):
+        if floating is float and plan[l].bf16:
+            if status[0] == 0:
+                status[0] = _bf16_tiled(False, False, n, plan[l].n_out, plan[l].n_in, A,
+                                        plan[l].n_in, <const float*>plan[l].W, plan[l].n_out,
+                                        <float*>plan[l].O, plan[l].n_out,
+                                        <const float*>plan[l].b, plan[l].kind,
+                                        <float>plan[l].alpha)
+        else:
+            _gemm_tiled(False, False, n, plan[l].n_out, plan[l].n_in, A, plan[l].n_in,
+                        <const floating*>plan[l].W, plan[l].n_out, <floating*>plan[l].O,
+                        plan[l].n_out, <const floating*>plan[l].b, plan[l].kind,
+                        <floating>plan[l].alpha)
+        A = <const floating*>plan[l].O
+    l = n_layers - 1
+    total = _loss_rows(loss, <const floating*>plan[l].O, labels, target, sample_weight,
+                       loss_grad, NULL, n, plan[l].n_out, scale, smoothing, partial)
+    A = loss_grad        # the gradient arriving at the current layer
+    for l in range(n_layers - 1, -1, -1):
+        if status[0] != 0:
+            break
+        if floating is float and plan[l].bf16:
+            status[0] = _bf16_backward_rows(
+                <const float*>plan[l - 1].O if l > 0 else X,
+                <const float*>plan[l].W, <const float*>plan[l].O, A,
+                <float*>plan[l].D, <float*>plan[l - 1].D if l > 0 else NULL,
+                <float*>plan[l].dW, <float*>plan[l].db, n, plan[l].n_in,
+                plan[l].n_out, plan[l].kind, <float>plan[l].alpha, partial,
+                &plan[l].update_w if sgd else NULL,
+                &plan[l].update_b if sgd and plan[l].update_b.p != NULL else NULL)
+        else:
+            _dense_backward_rows(<const floating*>plan[l - 1].O if l > 0 else X,
+                                 <const floating*>plan[l].W, <const floating*>plan[l].O,
+                                 A, <floating*>plan[l].D,
+                                 <floating*>plan[l - 1].D if l > 0 else NULL,
+                                 <floating*>plan[l].dW, <floating*>plan[l].db, n,
+                                 plan[l].n_in, plan[l].n_out, plan[l].kind,
+                                 <floating>plan[l].alpha, partial,
+                                 &plan[l].update_w if sgd else NULL,
+                                 &plan[l].update_b if sgd and plan[l].update_b.p != NULL
+                                 else NULL)
+        if l > 0:
+            A = <const floating*>plan[l - 1].D
     return total
 
 
