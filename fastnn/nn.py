@@ -1046,6 +1046,12 @@ def fit(model, loss, optimizer, X, y, *, epochs, batch_size, shuffle=True, rng=N
     an epoch for which any callback returns True.  The model is put in
     training mode and its previous mode restored at the end.
 
+    A ``Sequential`` of ``Dense`` layers trained by ``optim.SGD`` without
+    sample weights and without callbacks that have batch hooks runs each
+    epoch as one compiled call: the same steps as train_step after
+    train_step, so the same numbers, with no Python between them (Ctrl-C
+    still stops it between two steps).
+
     ``order``: None, or an int64 array holding a permutation of range(n),
     the sample order, shuffled in place at each epoch: passing the same
     array to every call continues one sequence of shuffles across calls

@@ -85,14 +85,14 @@ def dense_stack_epoch(list layers, const floating[:, ::1] X, int loss,
                       floating[:, ::1] target_batch, floating[:, ::1] loss_grad,
                       double smoothing, tuple sgd, double[::1] values,
                       int64_t[::1] progress):
-    """One epoch of ``fit``: dense_stack_step with the ``sgd`` step over
+    """One epoch of ``fit``: dense_stack_step (with ``sgd``'s step) over
     every batch of ``batch_size`` rows of X (the last one smaller), taken in
     ``order`` (a permutation of the rows, gathered into X_batch, labels_batch
     or target_batch as fit's gather does) or, without one, in sequence; the
     layers' O and D, and loss_grad, have batch_size rows (a smaller batch uses
     the first).  The same batches, kernels and order as fit's Python loop of
     train_step, so the same numbers, without returning to Python between
-    steps (which cost about 40 us a step: its code and data had left the
+    steps (which cost 40-80 us a step: its code and data had left the
     caches while the step ran).  ``values`` receives each batch's mean loss
     and ``progress[0]`` counts the batches done, also when a signal (Ctrl-C)
     stops the epoch between two."""
@@ -109,7 +109,8 @@ def dense_stack_epoch(list layers, const floating[:, ::1] X, int loss,
     if n_layers == 0:
         raise ValueError("layers must not be empty")
     if n == 0 or batch_size <= 0 or batch_size > n or loss_grad.shape[0] != batch_size:
-        raise ValueError("X must have rows, and loss_grad batch_size <= len(X) of them")
+        raise ValueError(f"batch_size must be in [1, len(X) = {n}] and loss_grad have "
+                         f"batch_size rows, got {batch_size} and {loss_grad.shape[0]}")
     if (labels is None) == (target is None) or progress.shape[0] != 1 or \
             values.shape[0] != (n + batch_size - 1) // batch_size:
         raise ValueError("one of labels and target, a value per batch and a progress "
@@ -162,7 +163,7 @@ def dense_stack_epoch(list layers, const floating[:, ::1] X, int loss,
                         _gather_batch(&target[0, 0], rows, &target_batch[0, 0], m, n_out)
                         tb = &target_batch[0, 0]
                 total = _stack_run(plan, n_layers, m, xb, loss, yb, tb, NULL, &loss_grad[0, 0],
-                                   1.0 / m, smoothing, partial, True, &status)
+                                   1.0 / m, smoothing, partial, sgd is not None, &status)
                 if status != 0:
                     break
                 values[progress[0]] = total * (1.0 / m)     # as train_step's mean
