@@ -1084,14 +1084,13 @@ def fit(model, loss, optimizer, X, y, *, epochs, batch_size, shuffle=True, rng=N
     batch_size = min(batch_size, n)
 
     order = _sample_order(order, n)
-    gather = None
-    if shuffle:
-        gather = (_SparseBatchGather if sparse else _BatchGather)(X, y, sample_weight, batch_size)
-
     # an epoch in one compiled call where nothing runs between its steps
     compiled = (not sparse and sample_weight is None and not callbacks.start_hooks
                 and not callbacks.batch_hooks and _stacks(model, loss)
                 and optimizer._stack_update(model) is not None)
+    gather = None
+    if shuffle and not compiled:
+        gather = (_SparseBatchGather if sparse else _BatchGather)(X, y, sample_weight, batch_size)
     history = []
     with _training_mode(model):
         for epoch in range(epochs):
