@@ -13,23 +13,28 @@ def gather_rows(const floating[:, ::1] X, const int64_t[::1] index, floating[:, 
     memory: it is split over the team from a few dozen rows on (two cores
     keep twice the misses in flight), and each row prefetches the one two
     ahead.  IndexError when an index lies outside [0, len(X))."""
-    cdef Py_ssize_t n = index.shape[0], d = X.shape[1], i
+    cdef Py_ssize_t n = index.shape[0], d = X.shape[1]
     if out.shape[0] != n or out.shape[1] != d:
         raise ValueError(f"out must have shape ({n}, {d}), got ({out.shape[0]}, {out.shape[1]})")
     if n == 0:
         return
     if fastnn_count_outside(&index[0], n, X.shape[0]) != 0:
         raise IndexError(f"index must lie in [0, {X.shape[0]})")
-    cdef const floating* src = &X[0, 0]
-    cdef floating* dst = &out[0, 0]
-    cdef const int64_t* rows = &index[0]
-    if _n_threads > 1 and n * d >= MIN_PARALLEL_GATHER:
-        for i in prange(n, nogil=True, schedule="static", num_threads=_n_threads):
-            _copy_row(src, rows, dst, i, n, d)
+    with nogil:
+        _gather_batch(&X[0, 0], &index[0], &out[0, 0], n, d)
+
+
+cdef void _gather_batch(const floating* X, const int64_t* rows, floating* out, Py_ssize_t m,
+                        Py_ssize_t d) noexcept nogil:
+    """gather_rows after its checks (also fit's compiled epoch, whose rows
+    are checked once)."""
+    cdef Py_ssize_t i
+    if _n_threads > 1 and m * d >= MIN_PARALLEL_GATHER:
+        for i in prange(m, schedule="static", num_threads=_n_threads):
+            _copy_row(X, rows, out, i, m, d)
     else:
-        with nogil:
-            for i in range(n):
-                _copy_row(src, rows, dst, i, n, d)
+        for i in range(m):
+            _copy_row(X, rows, out, i, m, d)
 
 
 cdef inline void _copy_row(const floating* X, const int64_t* rows, floating* out, Py_ssize_t i,

@@ -177,18 +177,6 @@ def dense_stack_epoch(list layers, const floating[:, ::1] X, int loss,
     _bf16_check(status)
 
 
-cdef void _gather_batch(const floating* X, const int64_t* rows, floating* out, Py_ssize_t m,
-                        Py_ssize_t d) noexcept nogil:
-    """gather_rows without its checks (the rows are known to be valid)."""
-    cdef Py_ssize_t i
-    if _n_threads > 1 and m * d >= MIN_PARALLEL_GATHER:
-        for i in prange(m, schedule="static", num_threads=_n_threads):
-            _copy_row(X, rows, out, i, m, d)
-    else:
-        for i in range(m):
-            _copy_row(X, rows, out, i, m, d)
-
-
 cdef Py_ssize_t _stack_prepare(list layers, DenseLayer* plan, Py_ssize_t n, Py_ssize_t n_in,
                                Py_ssize_t grad_rows, Py_ssize_t grad_cols, tuple sgd,
                                int dtype) except -1:
