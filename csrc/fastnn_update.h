@@ -73,7 +73,38 @@
         }                                                                                \
     }
 
+/* *sq = sum x^2, *ab = sum |x| over n elements, in double: 32 lane sums,
+ * then the tail and the lanes added in order -- a fixed order, so the same
+ * bits on every call (the penalties of scikit-learn's MLP, per batch). */
+#define FASTNN_DEFINE_NORMS(suffix, type)                                                \
+    static void fastnn_norms_##suffix(const type *x, ptrdiff_t n, double *sq, double *ab)  \
+    {                                                                                    \
+        double s[32] = {0}, a[32] = {0}, ts = 0, ta = 0;                                 \
+        ptrdiff_t i = 0;                                                                 \
+        for (; i + 32 <= n; i += 32) {                                                   \
+            _Pragma("omp simd")                                                          \
+            for (int j = 0; j < 32; j++) {                                               \
+                const double v = (double)x[i + j];                                       \
+                s[j] += v * v;                                                           \
+                a[j] += v < 0 ? -v : v;                                                  \
+            }                                                                            \
+        }                                                                                \
+        for (; i < n; i++) {                                                             \
+            const double v = (double)x[i];                                               \
+            ts += v * v;                                                                 \
+            ta += v < 0 ? -v : v;                                                        \
+        }                                                                                \
+        for (int j = 0; j < 32; j++) {                                                   \
+            ts += s[j];                                                                  \
+            ta += a[j];                                                                  \
+        }                                                                                \
+        *sq = ts;                                                                        \
+        *ab = ta;                                                                        \
+    }
+
 FASTNN_DEFINE_UPDATES(f, float, sqrtf)
 FASTNN_DEFINE_UPDATES(d, double, sqrt)
+FASTNN_DEFINE_NORMS(f, float)
+FASTNN_DEFINE_NORMS(d, double)
 
 #endif

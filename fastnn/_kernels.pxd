@@ -52,11 +52,16 @@ cpdef enum Activation:
 cdef struct TileGrid:
     Py_ssize_t m, n, row_tiles, col_tiles, tile_rows, tile_cols
 
-cdef struct SgdUpdate:
-    # One parameter's SGD update (csrc/fastnn_update.h): applied block by
-    # block by sgd_step, or by dense_stack_step where it computes the
-    # gradient, while that is still in cache.
+cdef struct ParamUpdate:
+    # One parameter's optimiser update (csrc/fastnn_update.h), SGD or Adam:
+    # applied block by block by sgd_step / adam_step, or by dense_stack_step
+    # where it computes the gradient, while that is still in cache.
     void* p             # the parameter (float* or double*, flat)
-    void* v             # its velocity, NULL without momentum
-    double lr, momentum, l2, l1   # l2, l1 zero for a parameter not regularised
-    bint nesterov
+    void* s1            # SGD: its velocity, NULL without momentum; Adam: m
+    void* s2            # Adam: v; NULL for SGD
+    Py_ssize_t size     # its elements
+    double lr           # SGD: lr; Adam: the bias-corrected lr_t
+    double momentum     # SGD: momentum; Adam: beta1
+    double beta2, c1, c2, eps, keep     # Adam (keep = 1 - lr * decoupled decay)
+    double l2, l1       # zero for a parameter not regularised
+    bint nesterov, regularize

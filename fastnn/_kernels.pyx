@@ -23,7 +23,7 @@ below; what they share is declared in fastnn/_kernels.pxd.
 """
 from cython cimport floating
 from cython.parallel cimport prange, parallel
-from libc.math cimport (exp, expf, log, logf, log1p, log1pf, tanh, tanhf, sqrt, sqrtf, fabs,
+from libc.math cimport (exp, expf, log, logf, log1p, log1pf, tanh, tanhf, sqrt, sqrtf, pow, fabs,
                         fabsf, frexp, M_LN2)
 from libc.stdint cimport int32_t, int64_t
 from libc.stdlib cimport malloc, calloc, free

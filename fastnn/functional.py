@@ -725,17 +725,24 @@ def adam_step(param, grad, m, v, *, lr, step, beta1=0.9, beta2=0.999, eps=1e-8, 
 def _adam_update(views, regularize, lr, step, beta1, beta2, eps, l2, l1, weight_decay):
     """adam_step of several parameters in one kernel call, as _sgd_update:
     ``views`` holds (p, g, m, v) per parameter."""
-    lr = check_real(lr, "lr")
-    beta1 = check_real(beta1, "beta1", 0.0, 1.0, high_open=True)
-    beta2 = check_real(beta2, "beta2", 0.0, 1.0, high_open=True)
-    eps, l2, l1 = check_real(eps, "eps"), check_real(l2, "l2"), check_real(l1, "l1")
-    weight_decay = check_real(weight_decay, "weight_decay")
+    lr, beta1, beta2, eps, l2, l1, weight_decay = _adam_hyperparameters(
+        lr, beta1, beta2, eps, l2, l1, weight_decay)
     if not isinstance(step, numbers.Integral) or isinstance(step, bool) or step < 1:
         raise ValueError(f"step must be an integer >= 1 (updates so far, this one included), "
                          f"got {step!r}")
+    # (the compiled epoch's _adam_lr computes the same, with C's pow and sqrt)
     lr_t = lr * math.sqrt(1 - beta2 ** step) / (1 - beta1 ** step)
     for group, flags in _by_dtype(views, regularize):
         _kernels.adam_step(group, flags, lr_t, beta1, beta2, eps, l2, l1, lr * weight_decay)
+
+
+def _adam_hyperparameters(lr, beta1, beta2, eps, l2, l1, weight_decay):
+    """The checked (lr, beta1, beta2, eps, l2, l1, weight_decay) of an Adam
+    update."""
+    return (check_real(lr, "lr"), check_real(beta1, "beta1", 0.0, 1.0, high_open=True),
+            check_real(beta2, "beta2", 0.0, 1.0, high_open=True), check_real(eps, "eps"),
+            check_real(l2, "l2"), check_real(l1, "l1"),
+            check_real(weight_decay, "weight_decay"))
 
 
 def _by_dtype(views, regularize):

@@ -835,12 +835,13 @@ def _dense_stack_step(model, loss, X, y, sample_weight, optimizer=None):
     return total * scale
 
 
-def _stack_epoch(model, loss, optimizer, X, y, order, batch_size):
+def _stack_epoch(model, loss, optimizer, X, y, order, batch_size, penalty=None):
     """One epoch of ``fit`` in one compiled call (_kernels.dense_stack_epoch)
     for a model and loss that ``train_step`` runs in one call, with
-    ``optimizer``'s SGD taken in it: the same batches, kernels and order as
+    ``optimizer``'s step taken in it: the same batches, kernels and order as
     fit's loop of train_step, so the same numbers.  X and y are fit's
-    converted arrays, ``order`` the shuffled sample order or None; returns
+    converted arrays, ``order`` the shuffled sample order or None,
+    ``penalty`` None or a batch penalty callback (_stack_penalty); returns
     the epoch loss.  Layers and loss are left as after that loop's last
     step."""
     layers = model.layers
@@ -858,14 +859,20 @@ def _stack_epoch(model, loss, optimizer, X, y, order, batch_size):
         else:
             target_batch = np.empty((batch_size, target.shape[1]), dtype)
     values = np.empty((n + batch_size - 1) // batch_size)
+    penalties = None if penalty is None else np.empty_like(values)
     progress = np.zeros(1, np.int64)
+    m = n - (len(values) - 1) * batch_size       # the last batch's rows
     try:
         _kernels.dense_stack_epoch(plan, X, type(loss)._stack_loss, labels, target, order,
                                    batch_size, x_batch, labels_batch, target_batch, grad,
-                                   smoothing, optimizer._stack_update(model), values, progress)
+                                   smoothing, optimizer._stack_update(model),
+                                   None if penalty is None else penalty.stack_penalty,
+                                   values, penalties, progress)
     finally:
-        optimizer.steps += int(progress[0])
-    m = n - (len(values) - 1) * batch_size       # the last batch's rows
+        done = int(progress[0])
+        optimizer.steps += done
+        if penalty is not None and done:
+            penalty.batches_done(penalties[:done], m if done == len(values) else batch_size)
     loss_sum = 0.0
     for value in values[:-1].tolist():           # fit's sum, in its order
         loss_sum += value * batch_size
@@ -978,6 +985,19 @@ class _Callbacks:
         self.start_hooks = [cb.batch_start for cb in self.callbacks if hasattr(cb, "batch_start")]
         self.batch_hooks = [cb.batch_end for cb in self.callbacks if hasattr(cb, "batch_end")]
 
+    def stack_penalty(self, optimizer):
+        """The callback that a compiled epoch can take the place of: the only
+        one with a batch_start, which there sets a batch penalty of the
+        coupled L2 / L1 kind (it has ``stack_penalty``, (alpha, l1): the
+        optimiser's weight_decay and l1 become alpha/m and l1/m for a batch of
+        m samples, and ``batches_done(penalties, last_rows)``; see
+        _kernels.dense_stack_epoch); else None."""
+        owners = [cb for cb in self.callbacks if hasattr(cb, "batch_start")]
+        if (len(owners) == 1 and hasattr(owners[0], "stack_penalty")
+                and not getattr(optimizer, "_decoupled", False)):
+            return owners[0]
+        return None
+
     def batch_start(self, n_samples, weight):
         for hook in self.start_hooks:
             hook(n_samples, weight)
@@ -1046,9 +1066,10 @@ def fit(model, loss, optimizer, X, y, *, epochs, batch_size, shuffle=True, rng=N
     an epoch for which any callback returns True.  The model is put in
     training mode and its previous mode restored at the end.
 
-    A ``Sequential`` of ``Dense`` layers trained by ``optim.SGD`` without
-    sample weights and without callbacks that have batch hooks runs each
-    epoch as one compiled call: the same steps as train_step after
+    A ``Sequential`` of ``Dense`` layers trained by ``optim.SGD``, ``Adam``
+    or ``AdamW`` without sample weights and without callbacks that have
+    batch hooks (but for the estimators' penalty) runs each epoch as one
+    compiled call: the same steps as train_step after
     train_step, so the same numbers, with no Python between them (Ctrl-C
     still stops it between two steps).
 
@@ -1085,9 +1106,10 @@ def fit(model, loss, optimizer, X, y, *, epochs, batch_size, shuffle=True, rng=N
 
     order = _sample_order(order, n)
     # an epoch in one compiled call where nothing runs between its steps
-    compiled = (not sparse and sample_weight is None and not callbacks.start_hooks
-                and not callbacks.batch_hooks and _stacks(model, loss)
-                and optimizer._stack_update(model) is not None)
+    penalty = callbacks.stack_penalty(optimizer)
+    compiled = (not sparse and sample_weight is None and not callbacks.batch_hooks
+                and (not callbacks.start_hooks or penalty is not None)
+                and _stacks(model, loss) and optimizer._stack_update(model) is not None)
     gather = None
     if shuffle and not compiled:
         gather = (_SparseBatchGather if sparse else _BatchGather)(X, y, sample_weight, batch_size)
@@ -1098,7 +1120,7 @@ def fit(model, loss, optimizer, X, y, *, epochs, batch_size, shuffle=True, rng=N
                 rng.shuffle(order)
             if compiled:
                 epoch_loss = _stack_epoch(model, loss, optimizer, X, y,
-                                          order if shuffle else None, batch_size)
+                                          order if shuffle else None, batch_size, penalty)
                 history.append(epoch_loss)
                 if callbacks.epoch_end(epoch, epoch_loss):
                     break

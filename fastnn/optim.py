@@ -219,7 +219,7 @@ class SGD(Optimizer):
         if type(self).step is not SGD.step or self.params != model.parameters():
             return None
         velocities = self._velocities()
-        return ([(p.data, v) for p, v in zip(self.params, velocities)],
+        return ("sgd", [(p.data, v) for p, v in zip(self.params, velocities)],
                 [param.regularize for param in self.params],
                 *F._sgd_hyperparameters(velocities, self.lr, self.momentum, self.nesterov,
                                         self.weight_decay, self.l1))
@@ -260,6 +260,20 @@ class Adam(Optimizer):
                        [param.regularize for param in self.params], self.lr, self.steps,
                        self.beta1, self.beta2, self.eps, 0.0 if self._decoupled else decay,
                        self.l1, decay if self._decoupled else 0.0)
+
+    def _stack_update(self, model):
+        """The step as _kernels.dense_stack_step's ``update`` (see SGD's): the
+        next step's number is steps + 1, which the kernel counts on from."""
+        if type(self).step is not Adam.step or self.params != model.parameters():
+            return None
+        decay = self.weight_decay
+        hyper = F._adam_hyperparameters(self.lr, self.beta1, self.beta2, self.eps,
+                                        0.0 if self._decoupled else decay, self.l1,
+                                        decay if self._decoupled else 0.0)
+        lr, beta1, beta2, eps, l2, l1, weight_decay = hyper
+        return ("adam", [(p.data, m, v) for p, m, v in zip(self.params, self.m, self.v)],
+                [param.regularize for param in self.params], lr, self.steps, beta1, beta2, eps,
+                l2, l1, lr * weight_decay)
 
 
 class AdamW(Adam):

@@ -571,6 +571,15 @@ def adam_step(param, grad, m, v, *, lr, step, beta1=0.9, beta2=0.999, eps=1e-8,
     return param
 
 
+def penalty(weights, alpha, l1=0.0):
+    """alpha/2 sum ||W||^2 + l1 sum ||W||_1 over ``weights``, in float64
+    (scikit-learn's MLP penalty numerator, before its division by the batch
+    weight)."""
+    sq = sum(float(np.sum(np.asarray(w, dtype=np.float64) ** 2)) for w in weights)
+    ab = sum(float(np.sum(np.abs(np.asarray(w, dtype=np.float64)))) for w in weights)
+    return 0.5 * alpha * sq + l1 * ab
+
+
 # --------------------------------------------------------------------------
 # logistic regression
 # --------------------------------------------------------------------------

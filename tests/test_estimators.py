@@ -230,6 +230,54 @@ def test_same_seed_trains_scikit_learns_model(kind, solver):
         np.testing.assert_allclose(model.validation_scores_, ref.validation_scores_)
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("solver, extra", [
+    ("adam", {}), ("adam", {"alpha": 0.0}), ("adam", {"l1": 1e-3, "early_stopping": True}),
+    ("sgd", {"momentum": 0.9}), ("sgd", {"l1": 1e-3, "nesterovs_momentum": False}),
+    ("adam", {"compute_dtype": "bfloat16", "dtype": np.float32})])   # (float32 in any case)
+@pytest.mark.parametrize("cls", [MLPClassifier, MLPRegressor], ids=lambda c: c.__name__)
+def test_mlp_compiled_epoch_equals_the_python_loop(monkeypatch, cls, solver, extra, dtype):
+    """The MLPs train an epoch in one compiled call (Adam or SGD, scikit-
+    learn's batch penalty computed in it): the same weights, optimiser
+    state, loss_curve_ and stopping as fit's Python loop, bit for bit."""
+    from fastnn import nn
+    rng = np.random.default_rng(4)
+    X = rng.normal(size=(150, 12))
+    y = X[:, 0] * X[:, 1] - X[:, 2] if cls is MLPRegressor else (X[:, 0] > 0) + (X[:, 1] > 0.5)
+    params = {**dict(hidden_layer_sizes=(20, 9), solver=solver, batch_size=32, max_iter=6,
+                     learning_rate_init=0.01, random_state=0, dtype=dtype, n_threads=2, tol=0,
+                     alpha=1e-3), **extra}
+
+    def fit(compiled):
+        calls = []
+        epoch = nn._kernels.dense_stack_epoch
+        monkeypatch.setattr(nn._kernels, "dense_stack_epoch",
+                            lambda *a: calls.append(1) or epoch(*a))
+        if not compiled:      # the penalty's batch hook then runs in Python
+            monkeypatch.setattr(nn._Callbacks, "stack_penalty", lambda self, opt: None)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            model = cls(**params).fit(X, y)
+            if not model.early_stopping:
+                model.partial_fit(X, y)
+        monkeypatch.undo()
+        return model, len(calls)
+
+    compiled, calls = fit(True)
+    loop, none = fit(False)
+    assert calls == len(compiled.loss_curve_) == 6 + (not compiled.early_stopping)
+    assert none == 0
+    assert compiled.loss_curve_ == loop.loss_curve_ and compiled.t_ == loop.t_
+    for a, b in zip(compiled.coefs_ + compiled.intercepts_, loop.coefs_ + loop.intercepts_):
+        np.testing.assert_array_equal(a, b)
+    opt_a, opt_b = compiled._trainer.optimizer, loop._trainer.optimizer
+    assert (opt_a.steps, opt_a.weight_decay, opt_a.l1) == (opt_b.steps, opt_b.weight_decay,
+                                                           opt_b.l1)
+    for prefix, arrays in opt_a._state_arrays().items():
+        for a, b in zip(arrays, opt_b._state_arrays()[prefix]):
+            np.testing.assert_array_equal(a, b)
+
+
 @pytest.mark.parametrize("kind", ["regressor", "classifier"])
 def test_lbfgs_matches_scikit_learn(kind):
     """The same objective, gradient and start as scikit-learn's lbfgs: in

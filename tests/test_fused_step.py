@@ -177,18 +177,18 @@ def test_bad_input_is_refused_before_any_update(case, error, match):
 
 
 # ---------------------------------------------------------------------------
-# SGD's step taken inside the same call (dense_stack_step's ``sgd``)
+# the optimiser's step taken inside the same call (dense_stack_step's ``update``)
 # ---------------------------------------------------------------------------
-def _sgd_train(monkeypatch, fuse_update, dtype, bias, sgd_kwargs, sizes, batch):
+def _opt_train(monkeypatch, fuse_update, dtype, bias, cls, kwargs, sizes, batch):
     if not fuse_update:
-        monkeypatch.setattr(optim.SGD, "_stack_update", lambda self, model: None)
+        monkeypatch.setattr(cls, "_stack_update", lambda self, model: None)
     model = nn.Sequential(*[nn.Dense(a, b, "relu" if i < len(sizes) - 2 else "identity",
                                      bias=bias, dtype=dtype, rng=i)
                             for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:]))])
     rng = np.random.default_rng(5)
     X = rng.standard_normal((3 * batch + 7, sizes[0])).astype(dtype)
     y = rng.integers(0, sizes[-1], len(X))
-    opt = optim.SGD(model.parameters(), **sgd_kwargs)
+    opt = cls(model.parameters(), **kwargs)
     history = nn.fit(model, nn.SoftmaxCrossEntropy(), opt, X, y, epochs=2, batch_size=batch,
                      rng=0)
     monkeypatch.undo()
@@ -197,30 +197,36 @@ def _sgd_train(monkeypatch, fuse_update, dtype, bias, sgd_kwargs, sizes, batch):
 
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("bias", (True, False))
-@pytest.mark.parametrize("sgd_kwargs", (
-    {"lr": 0.1},
-    {"lr": 0.05, "momentum": 0.9},
-    {"lr": 0.05, "momentum": 0.9, "nesterov": True, "weight_decay": 1e-3},
-    {"lr": 0.05, "l1": 1e-3},
+@pytest.mark.parametrize("cls, kwargs", (
+    (optim.SGD, {"lr": 0.1}),
+    (optim.SGD, {"lr": 0.05, "momentum": 0.9}),
+    (optim.SGD, {"lr": 0.05, "momentum": 0.9, "nesterov": True, "weight_decay": 1e-3}),
+    (optim.SGD, {"lr": 0.05, "l1": 1e-3}),
+    (optim.Adam, {"lr": 0.01}),
+    (optim.Adam, {"lr": 0.01, "betas": (0.8, 0.99), "eps": 1e-6, "weight_decay": 1e-3,
+                  "l1": 1e-4}),
+    (optim.AdamW, {"lr": 0.01, "weight_decay": 0.05}),
 ))
 # small layers (every product on one thread) and large ones (dW cut in tiles
 # spread over the team, each updating its part of W)
 @pytest.mark.parametrize("sizes, batch", (((13, 17, 9, 4), 16), ((300, 256, 40, 10), 64)))
-def test_sgd_step_inside_the_call_equals_step_after_it(monkeypatch, dtype, bias, sgd_kwargs,
-                                                      sizes, batch):
+def test_optimiser_step_inside_the_call_equals_step_after_it(monkeypatch, dtype, bias, cls,
+                                                             kwargs, sizes, batch):
     calls = []
-    step = optim.SGD.step
-    monkeypatch.setattr(optim.SGD, "step", lambda self: calls.append(1) or step(self))
-    fused = _sgd_train(monkeypatch, True, dtype, bias, sgd_kwargs, sizes, batch)
+    owner = next(c for c in cls.__mro__ if "step" in vars(c))     # AdamW: Adam's step
+    step = owner.step
+    monkeypatch.setattr(owner, "step", lambda self: calls.append(1) or step(self))
+    fused = _opt_train(monkeypatch, True, dtype, bias, cls, kwargs, sizes, batch)
     assert calls == []        # the update was taken inside the kernel call
-    plain = _sgd_train(monkeypatch, False, dtype, bias, sgd_kwargs, sizes, batch)
+    plain = _opt_train(monkeypatch, False, dtype, bias, cls, kwargs, sizes, batch)
     assert fused[0] == plain[0]
     assert fused[2].steps == plain[2].steps == 8
     for (name, a), (_, b) in zip(fused[1].named_parameters(), plain[1].named_parameters()):
         np.testing.assert_array_equal(a.data, b.data, err_msg=name)
         np.testing.assert_array_equal(a.grad, b.grad, err_msg=name)
-    for a, b in zip(fused[2].velocities or [], plain[2].velocities or []):
-        np.testing.assert_array_equal(a, b)
+    for prefix, arrays in fused[2]._state_arrays().items():
+        for i, (a, b) in enumerate(zip(arrays, plain[2]._state_arrays()[prefix])):
+            np.testing.assert_array_equal(a, b, err_msg=f"{prefix}.{i}")
 
 
 def test_sgd_step_stays_out_of_the_call_when_it_is_not_plain_sgd_over_the_model():
@@ -247,28 +253,39 @@ def test_sgd_step_stays_out_of_the_call_when_it_is_not_plain_sgd_over_the_model(
     assert opt.steps == 1 and not np.array_equal(model[2].weight.data, _model(np.float64)[2].weight.data)
 
 
-def test_dense_stack_step_refuses_sgd_views_that_are_not_the_layers():
+def test_dense_stack_step_refuses_update_views_that_are_not_the_layers():
     from fastnn import _kernels
     model = _model(np.float64)
     X, y, loss = _problem("xent", np.float64, n=8)
     plan, grad = nn._stack_plan(model, loss, len(X), np.float64)
-    views = optim.SGD(model.parameters(), lr=0.1)._stack_update(model)[0]
+    views = optim.SGD(model.parameters(), lr=0.1)._stack_update(model)[1]
+    adam = optim.Adam(model.parameters(), lr=0.1)._stack_update(model)
     before = [p.data.copy() for p in model.parameters()]
 
-    def run(views):
+    def run(views, update=None):
         _kernels.dense_stack_step(plan, X, _kernels.Loss.LOSS_XENT, y.astype(np.int64), None,
                                   None, grad, 1 / len(X), 0.0,
-                                  (views, [True] * len(views), 0.1, 0.0, False, 0.0, 0.0))
-    with pytest.raises(ValueError, match="sgd: view 1 is not layer 0's bias"):
+                                  update or ("sgd", views, [True] * len(views), 0.1, 0.0, False,
+                                             0.0, 0.0))
+    with pytest.raises(ValueError, match="update: view 1 is not layer 0's bias"):
         run([views[0], views[2]] + views[2:])
-    with pytest.raises(ValueError, match="sgd: 5 views for the layers' 6 parameters"):
+    with pytest.raises(ValueError, match="update: 5 views for the layers' 6 parameters"):
         run(views[:5])
-    with pytest.raises(ValueError, match="sgd: 7 views for the layers' 6 parameters"):
+    with pytest.raises(ValueError, match="update: 7 views for the layers' 6 parameters"):
         run(views + views[:1])
     p, _ = views[3]
-    with pytest.raises(ValueError, match="sgd: view 3 is not layer 1's bias, writeable "
+    with pytest.raises(ValueError, match="update: view 3 is not layer 1's bias, writeable "
                                          r"\(with a velocity of its size\)"):
         run(views[:3] + [(p, np.zeros(3))] + views[4:])
+    # Adam needs both of its state arrays, of the parameter's size and dtype
+    p, m, v = adam[1][2]
+    for bad in ((p, m, None), (p, m[:-1], v), (p, m, v.astype(np.float32)),
+                (p, m, np.broadcast_to(v, v.shape))):
+        with pytest.raises(ValueError, match=r"update: view 2 is not layer 1's weight, "
+                                             r"writeable \(with m and v of its size\)"):
+            run(None, adam[:1] + (adam[1][:2] + [bad] + adam[1][3:],) + adam[2:])
+    with pytest.raises(ValueError, match="update: 'sgd' or 'adam', got 'rmsprop'"):
+        run(None, ("rmsprop",) + adam[1:])
     for p, old in zip(model.parameters(), before):
         np.testing.assert_array_equal(p.data, old)
     run(views)
@@ -321,7 +338,8 @@ class _BatchHook:
         return False
 
 
-def _fit(monkeypatch, loss_name, dtype, shuffle, stepwise, compute_dtype=None, momentum=0.0):
+def _fit(monkeypatch, loss_name, dtype, shuffle, stepwise, compute_dtype=None, momentum=0.0,
+         make_opt=None):
     """fit for two epochs of 150 samples in batches of 32 (the last of 22),
     through the compiled epoch or, with ``stepwise``, train_step by
     train_step; returns what fit leaves behind and how many epoch calls."""
@@ -332,7 +350,7 @@ def _fit(monkeypatch, loss_name, dtype, shuffle, stepwise, compute_dtype=None, m
     model = _model(dtype)
     model.compute_dtype = compute_dtype
     X, y, loss = _problem(loss_name, dtype)
-    opt = optim.SGD(model.parameters(), lr=0.05, momentum=momentum)
+    opt = (make_opt or (lambda p: optim.SGD(p, lr=0.05, momentum=momentum)))(model.parameters())
     history = nn.fit(model, loss, opt, X, y, epochs=2, batch_size=32, shuffle=shuffle, rng=4,
                      callbacks=[_BatchHook()] if stepwise else None)
     monkeypatch.undo()
@@ -354,6 +372,21 @@ def test_compiled_epoch_equals_fit_step_by_step(monkeypatch, dtype, loss_name, s
     assert compiled[2] == stepwise[2] == 10
     for i, (a, b) in enumerate(zip(compiled[1], stepwise[1])):
         assert a.shape == b.shape, i
+        np.testing.assert_array_equal(a, b, err_msg=str(i))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("make_opt", (
+    lambda p: optim.Adam(p, lr=0.01, weight_decay=1e-3),
+    lambda p: optim.AdamW(p, lr=0.01, l1=1e-4),
+), ids=("Adam", "AdamW"))
+def test_compiled_epoch_with_adam_equals_fit_step_by_step(monkeypatch, dtype, make_opt):
+    # Adam's step size changes from step to step inside the call
+    compiled = _fit(monkeypatch, "xent", dtype, True, False, make_opt=make_opt)
+    stepwise = _fit(monkeypatch, "xent", dtype, True, True, make_opt=make_opt)
+    assert compiled[3] == 2 and compiled[0] == stepwise[0]
+    assert compiled[2] == stepwise[2] == 10
+    for i, (a, b) in enumerate(zip(compiled[1], stepwise[1])):
         np.testing.assert_array_equal(a, b, err_msg=str(i))
 
 

@@ -12,6 +12,7 @@ import warnings
 import numpy as np
 import pytest
 
+import fastnn
 from fastnn import _kernels, nn, optim, reference
 from fastnn.nn import Parameter
 
@@ -509,3 +510,30 @@ def test_same_writeable_arrays():
     b.flags.writeable = False
     assert not same([a, b], [a, b])
     assert not same(["x"], ["x"])                   # not an array
+
+
+# ---------------------------------------------------------------------------
+# the MLP estimators' penalty (one kernel for the compiled epoch and Python)
+# ---------------------------------------------------------------------------
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("sizes", [[(1,)], [(3, 5), (5,)], [(784, 256), (256, 128), (128, 10)],
+                                   [(16384,), (16385,), (31, 33)]])
+@pytest.mark.parametrize("alpha, l1", [(1e-4, 0.0), (0.0, 1e-3), (0.3, 0.02), (0.0, 0.0)])
+def test_penalty_matches_the_reference_for_any_thread_count(dtype, sizes, alpha, l1, rng):
+    weights = [rng.standard_normal(shape).astype(dtype) for shape in sizes]
+    weights[0].flat[0] = -3.0       # a sign to take off for the L1 sum
+    expected = reference.penalty(weights, alpha, l1)
+    values = set()
+    for n in (1, 2, 3, 8):
+        with fastnn.num_threads(n):
+            values.add(_kernels.penalty(weights, alpha, l1))
+    assert len(values) == 1
+    np.testing.assert_allclose(values.pop(), expected, rtol=1e-12, atol=0)
+
+
+def test_penalty_refuses_arrays_it_cannot_read(rng):
+    w = rng.standard_normal((4, 6))
+    assert _kernels.penalty([], 0.1, 0.0) == 0.0
+    for bad in (w[:, ::2], w.astype(np.float32), [[1.0]], np.empty((0, 3))):
+        with pytest.raises(ValueError, match=r"weights\[1\] must be a non-empty C-contiguous"):
+            _kernels.penalty([w, bad], 0.1, 0.0)

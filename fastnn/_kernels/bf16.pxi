@@ -143,7 +143,7 @@ cdef inline void _bf16_pack_block(Py_ssize_t t, Py_ssize_t a_blocks, bint trans_
 cdef void _bf16_rows(int path, Py_ssize_t i0, Py_ssize_t i1, Py_ssize_t c0, Py_ssize_t c1,
                     const uint16_t* Ap, const uint16_t* Bp, Py_ssize_t kk, float* C,
                     Py_ssize_t ldc, const float* bias, int kind, float alpha,
-                    const SgdUpdate* update) noexcept nogil:
+                    const ParamUpdate* update) noexcept nogil:
     """C[i0:i1, c0:c1] from the packed operands, in cache tiles, each
     followed by its epilogue (bias + activation, or C's parameter update)."""
     cdef Py_ssize_t r0 = i0, r1, j0, j1, i
@@ -157,7 +157,7 @@ cdef void _bf16_rows(int path, Py_ssize_t i0, Py_ssize_t i1, Py_ssize_t c0, Py_s
                 _bias_activation(C, bias, r0, r1, j0, j1, ldc, kind, alpha)
             if update != NULL:      # C is a gradient: its parameter's SGD step
                 for i in range(r0, r1):
-                    _sgd_apply(update, C + i * ldc + j0, i * ldc + j0, j1 - j0)
+                    _update_apply(update, C + i * ldc + j0, i * ldc + j0, j1 - j0)
             j0 = j1
         r0 = r1
 
@@ -168,7 +168,7 @@ cdef inline void _bf16_share(int path, Py_ssize_t t, Py_ssize_t team, int split,
                              const float* B, Py_ssize_t ldb, uint16_t* Ap, Py_ssize_t a_size,
                              uint16_t* Bp, Py_ssize_t b_size, float* C, Py_ssize_t ldc,
                              const float* bias, int kind, float alpha,
-                             const SgdUpdate* update) noexcept nogil:
+                             const ParamUpdate* update) noexcept nogil:
     """Thread t's share of a product.  BF16_ROWS: its run of 32-row blocks
     of C, packing all of op(B) (its own copy) and then, block by block,
     those rows of op(A); BF16_COLS: its run of 32-column blocks, packing all
@@ -204,7 +204,7 @@ cdef inline void _bf16_share(int path, Py_ssize_t t, Py_ssize_t team, int split,
 cdef int _bf16_tiled(bint trans_a, bint trans_b, Py_ssize_t m, Py_ssize_t n, Py_ssize_t k,
                      const float* A, Py_ssize_t lda, const float* B, Py_ssize_t ldb, float* C,
                      Py_ssize_t ldc, const float* bias, int kind, float alpha,
-                     const SgdUpdate* update=NULL) noexcept nogil:
+                     const ParamUpdate* update=NULL) noexcept nogil:
     """Row-major C (m, n) = op(bf16(A)) op(bf16(B)) [+ bias, activation] on
     the current path, k >= 1 [then ``update``, C being its gradient].
     Returns 0, or -1 when the packing buffers cannot be allocated (C
@@ -303,8 +303,8 @@ def bf16_dense_forward(const float[:, ::1] A, const float[:, ::1] W, const float
 cdef int _bf16_backward_rows(const float* A, const float* W, const float* O, const float* G,
                              float* D, float* dA, float* dW, float* db, Py_ssize_t n,
                              Py_ssize_t n_in, Py_ssize_t n_out, int kind, float alpha,
-                             double* partial, const SgdUpdate* update_w=NULL,
-                             const SgdUpdate* update_b=NULL) noexcept nogil:
+                             double* partial, const ParamUpdate* update_w=NULL,
+                             const ParamUpdate* update_b=NULL) noexcept nogil:
     """_dense_backward_rows with bf16 products: D = G * f'(O) and db in
     float32 as there, then dA = bf16(D) bf16(W)^T (dA may be NULL) before
     dW = bf16(A)^T bf16(D) and its update (which changes W).  0, or -1 when
@@ -312,7 +312,7 @@ cdef int _bf16_backward_rows(const float* A, const float* W, const float* O, con
     cdef int status = 0
     _delta_bias_grad(O, G, D, db, n, n_out, kind, alpha, partial)
     if update_b != NULL:
-        _sgd_apply(update_b, db, 0, n_out)
+        _update_apply(update_b, db, 0, n_out)
     if dA != NULL:
         status = _bf16_tiled(False, True, n, n_in, n_out, D, n_out, W, n_out, dA, n_in, NULL,
                              IDENTITY, 0)

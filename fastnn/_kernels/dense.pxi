@@ -171,15 +171,15 @@ cdef void _dense_backward_rows(const floating* A, const floating* W, const float
                                const floating* G, floating* D, floating* dA, floating* dW,
                                floating* db, Py_ssize_t n, Py_ssize_t n_in, Py_ssize_t n_out,
                                int kind, floating alpha, double* partial,
-                               const SgdUpdate* update_w=NULL,
-                               const SgdUpdate* update_b=NULL) noexcept nogil:
+                               const ParamUpdate* update_w=NULL,
+                               const ParamUpdate* update_b=NULL) noexcept nogil:
     """The body of dense_backward (dA may be NULL); ``partial`` holds
     n_chunks x n_out doubles.  With ``update_w`` (and ``update_b`` where
     there is a bias) SGD updates W (b) as soon as dW (db) is known: dA,
     which reads W, comes first."""
     _delta_bias_grad(O, G, D, db, n, n_out, kind, alpha, partial)
     if update_b != NULL:
-        _sgd_apply(update_b, db, 0, n_out)
+        _update_apply(update_b, db, 0, n_out)
     if dA == NULL or update_w != NULL:      # dW alone, or after dA (which reads W)
         if dA != NULL:
             _gemm_tiled(False, True, n, n_in, n_out, D, n_out, W, n_out, dA, n_in, NULL,

@@ -125,7 +125,7 @@ cdef inline int _own_product(bint trans_a, bint trans_b, Py_ssize_t m, Py_ssize_
 cdef void _gemm_tile(const TileGrid* g, Py_ssize_t t, bint trans_a, bint trans_b,
                      Py_ssize_t k, const floating* A, Py_ssize_t lda, const floating* B,
                      Py_ssize_t ldb, floating* C, Py_ssize_t ldc, const floating* bias,
-                     int kind, floating alpha, const SgdUpdate* update) noexcept nogil:
+                     int kind, floating alpha, const ParamUpdate* update) noexcept nogil:
     """Tile ``t`` of the row-major C = op(A) op(B) on one of fastnn's GEMMs
     (_own_product) or single-threaded BLAS, then, while the tile is in
     cache, the bias + activation epilogue (when ``bias`` or ``kind`` asks
@@ -150,13 +150,13 @@ cdef void _gemm_tile(const TileGrid* g, Py_ssize_t t, bint trans_a, bint trans_b
         _bias_activation(C, bias, i0, i1, j0, j1, ldc, kind, alpha)
     if update != NULL:
         for i in range(i0, i1):
-            _sgd_apply(update, C + i * ldc + j0, i * ldc + j0, j1 - j0)
+            _update_apply(update, C + i * ldc + j0, i * ldc + j0, j1 - j0)
 
 
 cdef void _gemm_tiled(bint trans_a, bint trans_b, Py_ssize_t m, Py_ssize_t n, Py_ssize_t k,
                       const floating* A, Py_ssize_t lda, const floating* B, Py_ssize_t ldb,
                       floating* C, Py_ssize_t ldc, const floating* bias, int kind,
-                      floating alpha, const SgdUpdate* update=NULL) noexcept nogil:
+                      floating alpha, const ParamUpdate* update=NULL) noexcept nogil:
     """Row-major C (m, n) = op(A) op(B) [+ bias, activation] [then the
     ``update`` of the parameter C is the gradient of], its tiles spread over
     the team (dynamically: any thread may take any tile, the result is the

@@ -16,7 +16,7 @@ from .._checks import check_real
 from .. import functional as F
 from .. import init as _init
 from .. import distributed as _dist
-from .. import nn, optim
+from .. import _kernels, nn, optim
 from ._base import (BaseEstimator, ConvergenceWarning, _ALWAYS_STOP, _check_compute_dtype,
                     _check_dtype, _check_fitted,
                     _check_sample_weight, _is_int, _Progress, _rng_from, _SKLEARN, _threads,
@@ -33,13 +33,12 @@ _NONFINITE = ("Solver produced non-finite parameter weights. The input data may 
 
 
 def _penalty(weights, alpha, l1):
-    """½·alpha·Σ||W||² + l1·Σ|W| (the penalties' numerator)."""
-    total = 0.0
-    if alpha:
-        total += 0.5 * alpha * sum(float(np.dot(w.ravel(), w.ravel())) for w in weights)
-    if l1:
-        total += l1 * sum(float(np.abs(w).sum()) for w in weights)
-    return total
+    """½·alpha·Σ||W||² + l1·Σ|W| (the penalties' numerator), in double: the
+    kernel that the compiled epoch computes it with, so both give the same
+    bits."""
+    if not (alpha or l1):
+        return 0.0
+    return _kernels.penalty(list(weights), alpha, l1)
 
 
 def _stochastic_only(method):
@@ -59,11 +58,14 @@ class _BatchPenalty:
     callback: a batch of m samples of weight sum s (s = m without weights)
     adds alpha/(2s)·||W||² (and l1/s·||W||_1) to the batch loss, so the
     optimiser gets weight_decay alpha/s and l1 l1/s.  The epoch loss gets
-    Σ_batches (m/n)·(that penalty), evaluated before each update."""
+    Σ_batches (m/n)·(that penalty), evaluated before each update.  The
+    compiled epoch of ``nn.fit`` takes it over where there are no sample
+    weights (``stack_penalty``, ``batches_done``)."""
 
     def __init__(self, optimizer, weights, alpha, l1, n):
         self.optimizer, self.weights = optimizer, weights
         self.alpha, self.l1, self.n = alpha, l1, n
+        self.stack_penalty = (float(alpha), float(l1))
 
     def start_epoch(self):
         self.total = 0.0
@@ -73,6 +75,15 @@ class _BatchPenalty:
         self.optimizer.l1 = self.l1 / weight
         if self.alpha or self.l1:
             self.total += m / weight * _penalty(self.weights, self.alpha, self.l1)
+
+    def batches_done(self, penalties, last_rows):
+        """What batch_start did for each batch of a compiled epoch (the
+        penalty of each before its step; the weight of m samples is m):
+        the same sums, and the optimiser left as after the last."""
+        for value in penalties.tolist():
+            self.total += value         # m / m * value
+        self.optimizer.weight_decay = self.alpha / last_rows
+        self.optimizer.l1 = self.l1 / last_rows
 
     def epoch_end(self, loss):
         return False
