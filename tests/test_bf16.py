@@ -221,7 +221,8 @@ def test_out_buffer(path, rng):
     assert_bf16_close(out, A, B)
 
 
-@pytest.mark.parametrize("m, n, k", [(700, 300, 513), (64, 1000, 300), (2000, 40, 33)])
+# each product large enough for the team (BF16_MIN_PARALLEL multiply-adds)
+@pytest.mark.parametrize("m, n, k", [(700, 300, 513), (64, 1000, 300), (4000, 40, 33)])
 def test_same_bits_at_any_thread_count(path, rng, m, n, k):
     A, B = _data(rng, m, k), _data(rng, k, n)
     results = {}

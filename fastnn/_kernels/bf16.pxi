@@ -85,6 +85,12 @@ cdef enum:
     BF16_PRIVATE_SIDE = 256
     BF16_TILE_ROWS = 512        # cache blocking of a thread's share of C
     BF16_TILE_COLS = 256
+    # products of fewer multiply-adds run on one thread: below this, the
+    # second thread's fork, join and its own copy of a packed operand cost
+    # more than it saves (measured on a 2-core Sapphire Rapids, bf16
+    # mlp_epoch: with float32's MIN_PARALLEL_GEMM, 1/8 of this, batch 32
+    # took 423 ms, 392 ms with this; batch 128 181 -> 175 ms)
+    BF16_MIN_PARALLEL = 5 << 20
 
 
 cdef inline Py_ssize_t _bf16_team(Py_ssize_t m, Py_ssize_t n, Py_ssize_t k) noexcept nogil:
@@ -92,7 +98,7 @@ cdef inline Py_ssize_t _bf16_team(Py_ssize_t m, Py_ssize_t n, Py_ssize_t k) noex
     longer side split in contiguous runs, one per thread (_bf16_share).
     Each element's sum is a function of k alone, so any split gives the same
     bits."""
-    if _n_threads <= 1 or m * n * k < MIN_PARALLEL_GEMM:
+    if _n_threads <= 1 or m * n * k < BF16_MIN_PARALLEL:
         return 1
     return min(<Py_ssize_t>_n_threads, _cdiv(max(m, n), FASTNN_BF16_BLOCK))
 
