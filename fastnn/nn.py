@@ -841,7 +841,8 @@ def _stack_epoch(model, loss, optimizer, X, y, order, batch_size, penalty=None):
     ``optimizer``'s step taken in it: the same batches, kernels and order as
     fit's loop of train_step, so the same numbers.  X and y are fit's
     converted arrays, ``order`` the shuffled sample order or None,
-    ``penalty`` None or a batch penalty callback (_stack_penalty); returns
+    ``penalty`` None or the batch penalty callback
+    (_Callbacks.compiled_penalty); returns
     the epoch loss.  Layers and loss are left as after that loop's last
     step."""
     layers = model.layers
@@ -985,13 +986,14 @@ class _Callbacks:
         self.start_hooks = [cb.batch_start for cb in self.callbacks if hasattr(cb, "batch_start")]
         self.batch_hooks = [cb.batch_end for cb in self.callbacks if hasattr(cb, "batch_end")]
 
-    def stack_penalty(self, optimizer):
-        """The callback that a compiled epoch can take the place of: the only
-        one with a batch_start, which there sets a batch penalty of the
-        coupled L2 / L1 kind (it has ``stack_penalty``, (alpha, l1): the
-        optimiser's weight_decay and l1 become alpha/m and l1/m for a batch of
-        m samples, and ``batches_done(penalties, last_rows)``; see
-        _kernels.dense_stack_epoch); else None."""
+    def compiled_penalty(self, optimizer):
+        """The callback whose work a compiled epoch can do, else None: the
+        only one with a batch_start, a batch penalty of the coupled kind (the
+        MLP estimators' _BatchPenalty).  It has ``stack_penalty`` = (alpha,
+        l1): each batch of m samples sets the optimiser's weight_decay to
+        alpha/m and its l1 to l1/m, and ``batches_done(penalties,
+        last_rows)``, which takes the penalty of each batch's weights before
+        its step (_kernels.dense_stack_epoch)."""
         owners = [cb for cb in self.callbacks if hasattr(cb, "batch_start")]
         if (len(owners) == 1 and hasattr(owners[0], "stack_penalty")
                 and not getattr(optimizer, "_decoupled", False)):
@@ -1106,7 +1108,7 @@ def fit(model, loss, optimizer, X, y, *, epochs, batch_size, shuffle=True, rng=N
 
     order = _sample_order(order, n)
     # an epoch in one compiled call where nothing runs between its steps
-    penalty = callbacks.stack_penalty(optimizer)
+    penalty = callbacks.compiled_penalty(optimizer)
     compiled = (not sparse and sample_weight is None and not callbacks.batch_hooks
                 and (not callbacks.start_hooks or penalty is not None)
                 and _stacks(model, loss) and optimizer._stack_update(model) is not None)

@@ -254,7 +254,7 @@ def test_mlp_compiled_epoch_equals_the_python_loop(monkeypatch, cls, solver, ext
         monkeypatch.setattr(nn._kernels, "dense_stack_epoch",
                             lambda *a: calls.append(1) or epoch(*a))
         if not compiled:      # the penalty's batch hook then runs in Python
-            monkeypatch.setattr(nn._Callbacks, "stack_penalty", lambda self, opt: None)
+            monkeypatch.setattr(nn._Callbacks, "compiled_penalty", lambda self, opt: None)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             model = cls(**params).fit(X, y)
