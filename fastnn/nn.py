@@ -996,7 +996,9 @@ class _Callbacks:
         its step (_kernels.dense_stack_epoch)."""
         owners = [cb for cb in self.callbacks if hasattr(cb, "batch_start")]
         if (len(owners) == 1 and hasattr(owners[0], "stack_penalty")
-                and not getattr(optimizer, "_decoupled", False)):
+                and not getattr(optimizer, "_decoupled", False)
+                # the kernel's table holds 64 regularised parameters
+                and sum(p.regularize for p in optimizer.params) <= 64):
             return owners[0]
         return None
 

@@ -835,3 +835,15 @@ def test_works_without_sklearn():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
                          timeout=120, cwd=ROOT)
     assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr
+
+
+def test_mlp_deeper_than_the_compiled_penalty_table_still_trains():
+    """More than 64 weight matrices: the epoch's penalty table is full, so
+    the penalty runs in Python (a ValueError before)."""
+    X = np.random.default_rng(0).standard_normal((64, 5))
+    y = (X[:, 0] > 0).astype(int)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model = MLPClassifier(hidden_layer_sizes=(4,) * 70, max_iter=2, batch_size=16,
+                              random_state=0).fit(X, y)
+    assert model.n_iter_ == 2 and np.isfinite(model.loss_curve_).all()
