@@ -15,17 +15,19 @@ needs_own_gemm = pytest.mark.skipif(
                               f"this process runs {_kernels.SIMD_VARIANT}")
 
 # (m, n, k), m and n >= 32 so that the tiles reach fastnn's GEMM: rows not a
-# multiple of its 8-row micro-kernel (the last rows of A, read in place,
-# must not be read beyond), columns ending in a partial 32-wide and a partial
-# 16-wide panel, a few terms (fewer than one 8 x 8 block of B's packing), k
-# over one 384-term block (accumulated into C), products the tile grid
-# splits over threads (A's rows read inside a wider matrix), and A B^T with
-# at least twice as many columns as rows and more terms than rows (computed
-# as (B A^T)^T), and a transposed A with more than 64 columns (packed 32
-# rows at a time: 75 rows end in a partial 8-row panel of a partial block).
+# multiple of its 12-row micro-kernel (the remainder on the 8-row kernel, 1 to
+# 11 rows: the last rows of A, read in place, must not be read beyond),
+# columns ending in a partial 32-wide panel (the 12-row kernel through its
+# buffer) and a partial 16-wide one, a few terms (fewer than one 8 x 8 block
+# of B's packing), k over one 384-term block (accumulated into C), products
+# the tile grid splits over threads (A's rows read inside a wider matrix),
+# and A B^T with at least twice as many columns as rows and more terms than
+# rows (computed as (B A^T)^T), and a transposed A with more than 64 columns
+# (packed 48 rows at a time: 75 rows end in a partial 12-row panel of a
+# partial block).
 SHAPES = ((32, 32, 32), (37, 33, 35), (64, 40, 1), (128, 256, 10), (45, 40, 100),
           (64, 48, 385), (300, 63, 50), (130, 257, 800), (700, 300, 290), (33, 200, 390),
-          (32, 784, 256), (75, 129, 390))
+          (32, 784, 256), (75, 129, 390), (47, 49, 17), (36, 50, 400), (59, 70, 2))
 BACKENDS = ("fastnn", "blas") if HAVE_OWN_GEMM else ("blas",)
 
 
