@@ -362,6 +362,13 @@ def build_info():
                         + ("64-bit-integer GEMM)" if gemm64 else "scipy.linalg.cython_blas)"))
     info["gemm"] = ("fastnn's AVX-512 GEMM for float32 products of at least 32 rows and "
                     "columns; BLAS for the rest" if _kernels.own_gemm() else "BLAS")
+    if _kernels.own_gemm():
+        ways, way_bytes, rows = _kernels.gemm_kernel()
+        info["gemm_kernel"] = (
+            f"12 x 32 micro-kernel; L1d {ways}-way, {way_bytes // 1024} KiB a way: "
+            + ("8 x 32 for an A read in place with rows a multiple of that apart (12 rows "
+               "would share one L1 set)" if rows < 12 else "12 rows fit one L1 set")
+            if ways else "12 x 32 micro-kernel; L1d geometry unknown (CPUID)")
     info["bf16"] = _kernels.bf16_path()
     info["bf16_why"] = (_BF16_CHOICE[1] if info["bf16"] == _BF16_CHOICE[0]
                         else "set by fastnn._config._set_bf16_path")

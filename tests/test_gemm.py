@@ -122,6 +122,28 @@ def test_dense_layers_train_the_same_on_either_gemm(rng):
     assert losses[True][-1] < losses[True][0]
 
 
+@needs_own_gemm
+@pytest.mark.parametrize("lda", (1024, 2048, 1000))
+def test_rows_sharing_one_l1_set_take_the_8_row_kernel(rng, lda):
+    """A read in place with rows a multiple of the L1's way size apart: on
+    an 8-way L1 the GEMM steps 8 rows at a time, on a 12-way one 12; the
+    same sums either way (m = 100: 12 blocks of 8 and a 4-row remainder)."""
+    previous = _kernels.gemm_kernel()
+    A = randn(rng, (100, lda), np.float32)
+    B = randn(rng, (lda, 70), np.float32)
+    try:
+        got = {}
+        for ways in (8, 12):
+            _kernels.gemm_kernel((ways, 4096))
+            assert _kernels.gemm_kernel()[2] == (8 if ways == 8 else 12)
+            got[ways] = _product(A, B, False, False, 100, 70)
+    finally:
+        _kernels.gemm_kernel(previous[:2])
+    a = A.astype(np.float64)
+    assert_close_accumulated(got[8], a @ B, np.abs(a) @ np.abs(B), lda, np.float32)
+    np.testing.assert_array_equal(got[8], got[12])
+
+
 def test_the_switch_and_the_report():
     info = fastnn.build_info()
     if HAVE_OWN_GEMM:

@@ -37,6 +37,9 @@ cdef enum:
 
 cdef extern from "fastnn_gemm.h" nogil:
     int FASTNN_HAVE_GEMM_F
+    int fastnn_gemm_l1_ways, fastnn_gemm_l1_way_bytes
+    void fastnn_gemm_init()
+    int fastnn_gemm_rows(Py_ssize_t lda_bytes)
     int fastnn_gemm_f(int trans_a, int trans_b, Py_ssize_t m, Py_ssize_t n, Py_ssize_t k,
                       const float* A, Py_ssize_t lda, const float* B, Py_ssize_t ldb, float* C,
                       Py_ssize_t ldc)
@@ -89,6 +92,21 @@ cdef void _bias_activation(floating* O, const floating* b, Py_ssize_t i0, Py_ssi
 # fastnn's AVX-512 GEMM (x86-64-v4 variant only) for the float32 products it
 # takes; off: BLAS (for comparisons and tests).
 cdef bint _own_gemm = FASTNN_HAVE_GEMM_F
+fastnn_gemm_init()
+
+
+def gemm_kernel(l1=None):
+    """How fastnn's GEMM picks its micro-kernel on this CPU: (ways, bytes
+    per way) of the L1 data cache from CPUID (0, 0 if unknown), and the rows
+    of C per block for an A read in place with rows 4 KiB apart (12, or 8
+    where 12 such rows would overflow one L1 set).  ``l1`` = (ways, bytes
+    per way) sets the geometry instead (for tests); returns the previous
+    triple."""
+    global fastnn_gemm_l1_ways, fastnn_gemm_l1_way_bytes
+    previous = fastnn_gemm_l1_ways, fastnn_gemm_l1_way_bytes, fastnn_gemm_rows(4096)
+    if l1 is not None:
+        fastnn_gemm_l1_ways, fastnn_gemm_l1_way_bytes = (int(x) for x in l1)
+    return previous
 
 
 def own_gemm(on=None):
